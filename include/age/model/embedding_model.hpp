@@ -1,0 +1,85 @@
+// The library's CTR model: embedding tables for the fields of a FeatureLayout, feeding a
+// dense Tower over h = [user | item]. Scoring goes features -> embeddings -> tower; AGE
+// works on the embedding level (it moves the item part of h), so the model exposes both.
+#pragma once
+
+#include <cstddef>
+#include <span>
+#include <vector>
+
+#include "age/core/error.hpp"
+#include "age/core/rng.hpp"
+#include "age/core/types.hpp"
+#include "age/features/embedding.hpp"
+#include "age/features/layout.hpp"
+#include "age/model/tower.hpp"
+
+namespace age {
+
+// Scratch space of one thread for EmbeddingCtrModel.
+struct ModelWorkspace {
+  Vector user;    // user_dim
+  Matrix items;   // item_dim x N
+  TowerWorkspace tower;
+};
+
+class EmbeddingCtrModel {
+ public:
+  EmbeddingCtrModel() = default;
+  EmbeddingCtrModel(FeatureLayout layout, std::vector<std::size_t> hidden)
+      : tables_(std::move(layout)),
+        tower_(tables_.layout().user_dim(), tables_.layout().item_dim(), std::move(hidden)) {}
+
+  // Embeddings from Normal(0, embedding_std^2) (small, so new ids start near the average
+  // prediction); the tower as PyTorch's nn.Linear would be.
+  void initialize(Rng& rng, double embedding_std = 0.01) {
+    if (!(embedding_std >= 0.0)) throw ConfigError("embedding_std: expected >= 0, got " + std::to_string(embedding_std));
+    tables_.initialize_normal(rng, embedding_std);
+    tower_.initialize(rng);
+  }
+
+  const FeatureLayout& layout() const noexcept { return tables_.layout(); }
+  EmbeddingTables& tables() noexcept { return tables_; }
+  const EmbeddingTables& tables() const noexcept { return tables_; }
+  Tower& tower() noexcept { return tower_; }
+  const Tower& tower() const noexcept { return tower_; }
+
+  std::size_t user_dim() const noexcept { return tower_.user_dim(); }
+  std::size_t item_dim() const noexcept { return tower_.item_dim(); }
+
+  // Features of one request -> user vector (once) and item matrix item_dim x N.
+  void embed_request(const SideInput& user, std::span<const SideInput> items, Vector& user_out,
+                     Matrix& items_out) const {
+    if (items.empty()) throw InputError("request: candidate list is empty");
+    tables_.embed_request(user, items, user_out, items_out);
+  }
+
+  // pCTR of every candidate of a request, from raw features.
+  void predict(const SideInput& user, std::span<const SideInput> items, ModelWorkspace& ws,
+               Eigen::Ref<RowVector> prob) const {
+    embed_request(user, items, ws.user, ws.items);
+    tower_.logits(ws.user, ws.items, nullptr, ws.tower, prob);
+    for (Index i = 0; i < prob.size(); ++i) prob[i] = sigmoid(prob[i]);
+  }
+
+  // --- Embedding-level passes (what the explorers call) -------------------------------
+  // user: user_dim x 1 (shared) or user_dim x N; items: item_dim x N; mask optional.
+  void logits(ConstMatrixRef user, ConstMatrixRef items, const DropoutMask* mask, TowerWorkspace& ws,
+              Eigen::Ref<RowVector> out) const {
+    tower_.logits(user, items, mask, ws, out);
+  }
+  void probability_gradient(ConstMatrixRef user, ConstMatrixRef items, const DropoutMask* mask,
+                            TowerWorkspace& ws, Eigen::Ref<RowVector> prob, Matrix* d_items,
+                            Matrix* d_user = nullptr) const {
+    tower_.probability_gradient(user, items, mask, ws, prob, d_items, d_user);
+  }
+  void sample_mask(double p, Index columns, Rng& rng, DropoutMask& mask) const {
+    tower_.sample_mask(p, columns, rng, mask);
+  }
+
+ private:
+  EmbeddingTables tables_;
+  Tower tower_;
+};
+
+}  // namespace age
