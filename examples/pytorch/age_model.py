@@ -1,0 +1,183 @@
+"""A PyTorch module with the architecture of age's EmbeddingCtrModel.
+
+    h = [user fields in layout order | item fields in layout order]
+    logit = Linear(ReLU(... ReLU(Linear(h)) ...)),  y = sigmoid(logit)
+
+- categorical field: nn.Embedding(rows, dim), one id;
+- multi-hot field: the same table, a bag of ids pooled by sum or mean (an empty bag is 0);
+- dense field: the values themselves;
+- ids are 64-bit and hashed into the table's rows exactly as age::hash_row does, so
+  raw ids give the same embedding in C++ and here.
+
+Field names must be valid nn.ModuleDict keys (no '.'). export_safetensors.py writes this
+module in age's safetensors layout and reads such files back.
+"""
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+SIDES = ("user", "item")
+KINDS = ("categorical", "multi_hot", "dense")
+POOLINGS = ("sum", "mean")
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(x: int) -> int:
+    """SplitMix64 finaliser (age::detail::mix64)."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _name_salt(name: str) -> int:
+    """FNV-1a of the field name's UTF-8 bytes (age::detail::name_salt)."""
+    h = 0xCBF29CE484222325
+    for byte in name.encode("utf-8"):
+        h = ((h ^ byte) * 0x100000001B3) & _MASK64
+    return h
+
+
+def hash_row(field_name: str, id_: int, rows: int) -> int:
+    """Row of a 64-bit id in a table of `rows` rows (age::hash_row)."""
+    return _mix64((id_ & _MASK64) ^ _name_salt(field_name)) % rows
+
+
+@dataclass
+class Field:
+    name: str
+    side: str  # "user" or "item"
+    kind: str  # "categorical", "multi_hot" or "dense"
+    dim: int
+    rows: int = 0  # table fields only
+    pooling: str = "sum"  # multi_hot only
+
+    def has_table(self) -> bool:
+        return self.kind != "dense"
+
+    def check(self) -> None:
+        if not self.name or "." in self.name:
+            raise ValueError(f"field name {self.name!r}: must be non-empty and contain no '.'")
+        if self.side not in SIDES:
+            raise ValueError(f"field {self.name!r}: side {self.side!r}, expected one of {SIDES}")
+        if self.kind not in KINDS:
+            raise ValueError(f"field {self.name!r}: kind {self.kind!r}, expected one of {KINDS}")
+        if self.dim <= 0:
+            raise ValueError(f"field {self.name!r}: dim must be > 0, got {self.dim}")
+        if self.has_table() and self.rows <= 0:
+            raise ValueError(f"field {self.name!r}: rows must be > 0, got {self.rows}")
+        if self.kind == "multi_hot" and self.pooling not in POOLINGS:
+            raise ValueError(f"field {self.name!r}: pooling {self.pooling!r}, expected one of {POOLINGS}")
+
+
+class AgeCtrModel(nn.Module):
+    """Embedding tables + MLP tower over h = [user | item], one output logit."""
+
+    def __init__(self, fields: Sequence[Field], hidden: Sequence[int]):
+        super().__init__()
+        names = set()
+        for f in fields:
+            f.check()
+            if f.name in names:
+                raise ValueError(f"field {f.name!r}: declared twice")
+            names.add(f.name)
+        self.fields: List[Field] = list(fields)
+        self.hidden: List[int] = [int(h) for h in hidden]
+        self.user_fields = [f for f in self.fields if f.side == "user"]
+        self.item_fields = [f for f in self.fields if f.side == "item"]
+        self.user_dim = sum(f.dim for f in self.user_fields)
+        self.item_dim = sum(f.dim for f in self.item_fields)
+        if self.item_dim == 0:
+            raise ValueError("the model needs at least one item field")
+        self.embeddings = nn.ModuleDict(
+            {f.name: nn.Embedding(f.rows, f.dim) for f in self.fields if f.has_table()})
+        sizes = [self.user_dim + self.item_dim] + self.hidden + [1]
+        self.layers = nn.ModuleList(nn.Linear(sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1))
+
+    # --- the tower -------------------------------------------------------------------
+    def tower(self, h: torch.Tensor, masks: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+        """Logits [N] of inputs h [N, input_dim]. masks: optional dropout sample, one
+        tensor per hidden layer, [N, H_l] or [1, H_l], multiplied after the ReLU (values 0
+        or 1/(1-p), as age::DropoutMask)."""
+        x = h
+        for l, layer in enumerate(self.layers):
+            x = layer(x)
+            if l < len(self.hidden):
+                x = F.relu(x)
+                if masks is not None:
+                    x = x * masks[l]
+        return x[:, 0]
+
+    def logits(self, user: torch.Tensor, items: torch.Tensor,
+               masks: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+        """user [user_dim] shared by all candidates or [N, user_dim]; items [N, item_dim]."""
+        if user.dim() == 1:
+            user = user.unsqueeze(0).expand(items.shape[0], -1)
+        return self.tower(torch.cat([user, items], dim=1), masks)
+
+    # --- raw features -> embeddings --------------------------------------------------
+    def embed(self, side: str, entities: Sequence[Sequence[dict]]) -> torch.Tensor:
+        """Embeddings [N, side_dim] of N users or items. Each entity is a list with one
+        entry per field of that side, in layout order: {"ids": [...]} for categorical (one
+        id) and multi-hot fields, {"values": [...]} for dense fields."""
+        side_fields = self.user_fields if side == "user" else self.item_fields
+        param = next(self.parameters())
+        parts = []
+        for k, f in enumerate(side_fields):
+            if f.kind == "dense":
+                vals = [e[k]["values"] for e in entities]
+                for v in vals:
+                    if len(v) != f.dim:
+                        raise ValueError(f"dense field {f.name!r}: expected {f.dim} values, got {len(v)}")
+                parts.append(torch.tensor(vals, dtype=param.dtype, device=param.device).reshape(len(entities), f.dim))
+                continue
+            rows, offsets = [], []
+            for e in entities:
+                ids = e[k]["ids"]
+                if f.kind == "categorical" and len(ids) != 1:
+                    raise ValueError(f"categorical field {f.name!r}: expected 1 id, got {len(ids)}")
+                offsets.append(len(rows))
+                rows.extend(hash_row(f.name, i, f.rows) for i in ids)
+            weight = self.embeddings[f.name].weight
+            mode = "mean" if (f.kind == "multi_hot" and f.pooling == "mean") else "sum"
+            # embedding_bag gives 0 for an empty bag in both modes, as age does.
+            parts.append(F.embedding_bag(torch.tensor(rows, dtype=torch.long, device=weight.device),
+                                         weight, torch.tensor(offsets, dtype=torch.long, device=weight.device),
+                                         mode=mode))
+        if not parts:
+            return torch.zeros(len(entities), 0, dtype=param.dtype, device=param.device)
+        return torch.cat(parts, dim=1)
+
+    def forward(self, user: Sequence[dict], items: Sequence[Sequence[dict]],
+                masks: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+        """Logits [N] of one request: one user's features, N candidates' features."""
+        u = self.embed("user", [user])[0]
+        return self.logits(u, self.embed("item", items), masks)
+
+    # --- configuration as age stores it ------------------------------------------------
+    def config(self) -> dict:
+        """The "age.config" metadata, with age's key order."""
+        fields = []
+        for f in self.fields:
+            entry = {"name": f.name, "side": f.side, "kind": f.kind, "dim": f.dim}
+            if f.has_table():
+                entry["rows"] = f.rows
+            if f.kind == "multi_hot":
+                entry["pooling"] = f.pooling
+            fields.append(entry)
+        return {"format": "age.embedding_ctr", "version": 1, "fields": fields, "hidden": list(self.hidden)}
+
+    @staticmethod
+    def from_config(config: dict) -> "AgeCtrModel":
+        if config.get("format") != "age.embedding_ctr" or config.get("version") != 1:
+            raise ValueError(f"not an age.embedding_ctr version 1 config: {config.get('format')!r} "
+                             f"version {config.get('version')!r}")
+        fields = [Field(name=f["name"], side=f["side"], kind=f["kind"], dim=int(f["dim"]),
+                        rows=int(f.get("rows", 0)), pooling=f.get("pooling", "sum"))
+                  for f in config["fields"]]
+        return AgeCtrModel(fields, config["hidden"])

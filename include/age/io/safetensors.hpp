@@ -1,0 +1,566 @@
+// Safetensors weight files: the format PyTorch users share weights in.
+//
+//   [8 bytes: N, little-endian u64][N bytes: JSON header][data buffer, little-endian]
+//
+// The header maps every tensor name to {"dtype", "shape", "data_offsets": [begin, end]}
+// (offsets relative to the start of the data buffer) and may hold "__metadata__", a
+// string -> string map. Tensors must cover the buffer contiguously: no gap, no overlap.
+//
+// Requires nlohmann_json (link the CMake target age::io); age/age.hpp does not include it.
+// Saving uses POSIX calls (open/fsync/rename) so that a failed save never destroys the
+// previous file.
+//
+// Everything a file claims is checked on load, and a bad file raises FormatError naming the
+// source, the tensor and the problem; the operating system's refusals raise IoError.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cerrno>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <map>
+#include <optional>
+#include <set>
+#include <span>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "age/core/error.hpp"
+
+namespace age {
+
+// Element types this reader decodes. Files holding any other safetensors dtype (integers,
+// BOOL, F8_*) are rejected with a FormatError naming the tensor and the dtype.
+enum class TensorDtype { F16, BF16, F32, F64 };
+
+inline std::string_view to_string(TensorDtype d) noexcept {
+  switch (d) {
+    case TensorDtype::F16: return "F16";
+    case TensorDtype::BF16: return "BF16";
+    case TensorDtype::F32: return "F32";
+    case TensorDtype::F64: return "F64";
+  }
+  return "?";
+}
+
+inline std::size_t dtype_size(TensorDtype d) noexcept {
+  switch (d) {
+    case TensorDtype::F16:
+    case TensorDtype::BF16: return 2;
+    case TensorDtype::F32: return 4;
+    case TensorDtype::F64: return 8;
+  }
+  return 0;
+}
+
+namespace detail {
+
+inline std::string shape_string(std::span<const std::uint64_t> shape) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// Product of the shape, or false when it overflows 64 bits. [] is a scalar (1 element).
+inline bool checked_numel(std::span<const std::uint64_t> shape, std::uint64_t& out) noexcept {
+  std::uint64_t n = 1;
+  for (std::uint64_t d : shape) {
+    if (d != 0 && n > std::numeric_limits<std::uint64_t>::max() / d) return false;
+    n *= d;
+  }
+  out = n;
+  return true;
+}
+
+// Byte-by-byte little-endian loads and stores: correct on any host, and compiled to a
+// plain load/store on little-endian ones.
+inline std::uint64_t load_le(const std::uint8_t* p, std::size_t bytes) noexcept {
+  std::uint64_t v = 0;
+  for (std::size_t i = 0; i < bytes; ++i) v |= static_cast<std::uint64_t>(p[i]) << (8 * i);
+  return v;
+}
+inline void store_le(std::uint8_t* p, std::uint64_t v, std::size_t bytes) noexcept {
+  for (std::size_t i = 0; i < bytes; ++i) p[i] = static_cast<std::uint8_t>(v >> (8 * i));
+}
+
+// IEEE 754 binary16 -> double, subnormals, infinities and NaN included.
+inline double half_to_double(std::uint16_t h) noexcept {
+  const int sign = (h >> 15) & 1;
+  const int exponent = (h >> 10) & 0x1F;
+  const int mantissa = h & 0x3FF;
+  double v;
+  if (exponent == 0)
+    v = std::ldexp(static_cast<double>(mantissa), -24);
+  else if (exponent == 31)
+    v = mantissa ? std::numeric_limits<double>::quiet_NaN() : std::numeric_limits<double>::infinity();
+  else
+    v = std::ldexp(static_cast<double>(mantissa | 0x400), exponent - 25);
+  return sign ? -v : v;
+}
+
+inline std::string errno_text(int err) { return std::generic_category().message(err); }
+
+}  // namespace detail
+
+// One tensor: element type, shape (row-major, as in PyTorch) and its raw little-endian bytes.
+struct TensorData {
+  TensorDtype dtype = TensorDtype::F32;
+  std::vector<std::uint64_t> shape;
+  std::vector<std::uint8_t> bytes;
+
+  // Number of elements (1 for a scalar with shape []). Callers may rely on it not
+  // overflowing: Safetensors::add and the parser reject shapes whose byte size does.
+  std::uint64_t numel() const noexcept {
+    std::uint64_t n = 0;
+    return detail::checked_numel(shape, n) ? n : 0;
+  }
+
+  // Element i (row-major order) converted to double.
+  double value(std::size_t i) const noexcept {
+    const std::uint8_t* p = bytes.data() + i * dtype_size(dtype);
+    switch (dtype) {
+      case TensorDtype::F16: return detail::half_to_double(static_cast<std::uint16_t>(detail::load_le(p, 2)));
+      case TensorDtype::BF16:
+        return std::bit_cast<float>(static_cast<std::uint32_t>(detail::load_le(p, 2) << 16));
+      case TensorDtype::F32: return std::bit_cast<float>(static_cast<std::uint32_t>(detail::load_le(p, 4)));
+      case TensorDtype::F64: return std::bit_cast<double>(detail::load_le(p, 8));
+    }
+    return 0.0;
+  }
+
+  // Copies an F32 tensor's elements into `out` (numel() long) without conversion.
+  void copy_f32(std::span<float> out) const {
+    if (dtype != TensorDtype::F32)
+      throw FormatError("tensor copy: dtype " + std::string(to_string(dtype)) + ", expected F32");
+    detail::require_dim("tensor copy: number of elements", static_cast<std::size_t>(numel()), out.size());
+    if constexpr (std::endian::native == std::endian::little) {
+      if (!out.empty()) std::memcpy(out.data(), bytes.data(), out.size() * sizeof(float));
+    } else {
+      for (std::size_t i = 0; i < out.size(); ++i)
+        out[i] = std::bit_cast<float>(static_cast<std::uint32_t>(detail::load_le(bytes.data() + 4 * i, 4)));
+    }
+  }
+
+  // Index of the first element that is NaN or infinite, or numel() when all are finite.
+  std::size_t first_non_finite() const noexcept {
+    const std::size_t n = static_cast<std::size_t>(numel());
+    for (std::size_t i = 0; i < n; ++i)
+      if (!std::isfinite(value(i))) return i;
+    return n;
+  }
+
+  // An F32 tensor from values in row-major order.
+  static TensorData from_f32(std::vector<std::uint64_t> shape, std::span<const float> values) {
+    TensorData t;
+    t.dtype = TensorDtype::F32;
+    t.shape = std::move(shape);
+    std::uint64_t n = 0;
+    if (!detail::checked_numel(t.shape, n) || n != values.size())
+      throw DimensionError("F32 tensor of shape " + detail::shape_string(t.shape) + ": number of values: expected " +
+                           std::to_string(n) + ", got " + std::to_string(values.size()));
+    t.bytes.resize(values.size() * sizeof(float));
+    if constexpr (std::endian::native == std::endian::little) {
+      if (!values.empty()) std::memcpy(t.bytes.data(), values.data(), t.bytes.size());
+    } else {
+      for (std::size_t i = 0; i < values.size(); ++i)
+        detail::store_le(t.bytes.data() + 4 * i, std::bit_cast<std::uint32_t>(values[i]), 4);
+    }
+    return t;
+  }
+};
+
+// The contents of one safetensors file: named tensors, kept in the order they were added
+// (which is the order of their bytes in the data buffer when written), and the
+// string -> string metadata.
+class Safetensors {
+ public:
+  using Metadata = std::map<std::string, std::string>;
+
+  // Adds a tensor. Throws FormatError when the name is taken or reserved, or when the
+  // byte count does not match shape x dtype size.
+  TensorData& add(std::string name, TensorData tensor) {
+    if (name == kMetadataKey) throw FormatError("tensor name '__metadata__' is reserved for the metadata");
+    if (tensors_.count(name)) throw FormatError("tensor '" + name + "': added twice");
+    std::uint64_t n = 0;
+    const std::uint64_t esize = dtype_size(tensor.dtype);
+    if (!detail::checked_numel(tensor.shape, n) || n > std::numeric_limits<std::uint64_t>::max() / esize ||
+        n * esize != tensor.bytes.size())
+      throw FormatError("tensor '" + name + "': " + std::to_string(tensor.bytes.size()) + " bytes but shape " +
+                        detail::shape_string(tensor.shape) + " of " + std::string(to_string(tensor.dtype)) +
+                        " needs " + (detail::checked_numel(tensor.shape, n) ? std::to_string(n * esize) : "more than 2^64") +
+                        " bytes");
+    names_.push_back(name);
+    return tensors_.emplace(std::move(name), std::move(tensor)).first->second;
+  }
+
+  TensorData& add_f32(std::string name, std::vector<std::uint64_t> shape, std::span<const float> values) {
+    return add(std::move(name), TensorData::from_f32(std::move(shape), values));
+  }
+
+  bool contains(std::string_view name) const { return tensors_.find(name) != tensors_.end(); }
+  const TensorData* find(std::string_view name) const {
+    auto it = tensors_.find(name);
+    return it == tensors_.end() ? nullptr : &it->second;
+  }
+  const TensorData& at(std::string_view name) const {
+    if (const TensorData* t = find(name)) return *t;
+    throw FormatError("no tensor named '" + std::string(name) + "'");
+  }
+
+  // Tensor names in buffer order.
+  const std::vector<std::string>& names() const noexcept { return names_; }
+  std::size_t size() const noexcept { return names_.size(); }
+
+  Metadata& metadata() noexcept { return metadata_; }
+  const Metadata& metadata() const noexcept { return metadata_; }
+
+  static constexpr std::string_view kMetadataKey = "__metadata__";
+
+ private:
+  std::vector<std::string> names_;
+  std::map<std::string, TensorData, std::less<>> tensors_;
+  Metadata metadata_;
+};
+
+struct SafetensorsReadOptions {
+  // Reject NaN and infinite elements (FormatError naming the tensor and the element).
+  bool require_finite = false;
+  // A larger header is taken as a corrupt length field (the reference implementation
+  // uses the same 100 MB bound).
+  std::uint64_t max_header_bytes = 100'000'000;
+};
+
+// The file's bytes: 8-byte length, the JSON header padded with spaces so that the data
+// buffer starts 8-byte aligned, then every tensor's bytes in names() order. Deterministic:
+// "__metadata__" first (omitted when empty, keys sorted), then the tensors in order.
+inline std::vector<std::uint8_t> serialize_safetensors(const Safetensors& st) {
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  if (!st.metadata().empty()) {
+    nlohmann::ordered_json meta = nlohmann::ordered_json::object();
+    for (const auto& [k, v] : st.metadata()) meta[k] = v;
+    header[std::string(Safetensors::kMetadataKey)] = std::move(meta);
+  }
+  std::uint64_t offset = 0;
+  for (const std::string& name : st.names()) {
+    const TensorData& t = st.at(name);
+    nlohmann::ordered_json entry = nlohmann::ordered_json::object();
+    entry["dtype"] = std::string(to_string(t.dtype));
+    entry["shape"] = t.shape;
+    entry["data_offsets"] = {offset, offset + t.bytes.size()};
+    header[name] = std::move(entry);
+    offset += t.bytes.size();
+  }
+  std::string text = header.dump();
+  text.resize((text.size() + 7) / 8 * 8, ' ');  // the spec allows trailing spaces
+
+  std::vector<std::uint8_t> out(8 + text.size() + offset);
+  detail::store_le(out.data(), text.size(), 8);
+  std::memcpy(out.data() + 8, text.data(), text.size());
+  std::uint8_t* p = out.data() + 8 + text.size();
+  for (const std::string& name : st.names()) {
+    const TensorData& t = st.at(name);
+    if (!t.bytes.empty()) std::memcpy(p, t.bytes.data(), t.bytes.size());
+    p += t.bytes.size();
+  }
+  return out;
+}
+
+namespace detail {
+
+inline std::optional<TensorDtype> parse_dtype(std::string_view s) {
+  if (s == "F16") return TensorDtype::F16;
+  if (s == "BF16") return TensorDtype::BF16;
+  if (s == "F32") return TensorDtype::F32;
+  if (s == "F64") return TensorDtype::F64;
+  return std::nullopt;
+}
+
+inline bool is_known_unsupported_dtype(std::string_view s) {
+  for (std::string_view d : {"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64", "F8_E5M2", "F8_E4M3",
+                             "F8_E4M3FN", "F8_E5M2FNUZ", "F8_E4M3FNUZ"})
+    if (s == d) return true;
+  return false;
+}
+
+// Parses JSON, rejecting duplicate keys (which nlohmann would silently merge) and nesting
+// deeper than `max_depth` containers (which only a hostile file has). `what` names the text.
+inline nlohmann::json parse_json_strict(std::string_view text, const std::string& where, std::string_view what,
+                                        std::size_t max_depth) {
+  std::vector<std::set<std::string>> keys;  // keys seen, one set per open container
+  auto callback = [&](int /*depth*/, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+    using E = nlohmann::json::parse_event_t;
+    switch (event) {
+      case E::object_start:
+      case E::array_start:
+        if (keys.size() >= max_depth)
+          throw FormatError(where + ": " + std::string(what) + " is nested deeper than " + std::to_string(max_depth) +
+                            " levels");
+        keys.emplace_back();
+        break;
+      case E::object_end:
+      case E::array_end:
+        if (!keys.empty()) keys.pop_back();
+        break;
+      case E::key: {
+        const std::string& k = parsed.get_ref<const std::string&>();
+        if (!keys.back().insert(k).second)
+          throw FormatError(where + ": " + std::string(what) + " names '" + k + "' twice");
+        break;
+      }
+      case E::value: break;
+    }
+    return true;
+  };
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(text.begin(), text.end(), callback);
+  } catch (const nlohmann::json::exception& e) {
+    throw FormatError(where + ": " + std::string(what) + " is not valid JSON (" + e.what() + ")");
+  }
+  return header;
+}
+
+inline std::uint64_t header_uint(const nlohmann::json& v, const std::string& what) {
+  if (!v.is_number_unsigned()) throw FormatError(what + " must be a non-negative integer, got " + v.dump());
+  return v.get<std::uint64_t>();
+}
+
+}  // namespace detail
+
+// Parses and validates a whole file held in memory. `source` names it in error messages.
+inline Safetensors parse_safetensors(std::span<const std::uint8_t> bytes, std::string_view source = "safetensors buffer",
+                                     const SafetensorsReadOptions& options = {}) {
+  const std::string where(source);
+  if (bytes.size() < 8)
+    throw FormatError(where + ": truncated: " + std::to_string(bytes.size()) +
+                      " bytes, shorter than the 8-byte header length field");
+  const std::uint64_t header_len = detail::load_le(bytes.data(), 8);
+  const std::uint64_t available = bytes.size() - 8;
+  if (header_len > options.max_header_bytes)
+    throw FormatError(where + ": header length " + std::to_string(header_len) + " exceeds the limit of " +
+                      std::to_string(options.max_header_bytes) + " bytes (corrupt length field?)");
+  if (header_len > available)
+    throw FormatError(where + ": truncated: header length " + std::to_string(header_len) + " but only " +
+                      std::to_string(available) + " bytes follow the length field");
+  if (header_len == 0 || bytes[8] != '{')
+    throw FormatError(where + ": header does not start with '{' (not a safetensors file?)");
+
+  const std::string_view text(reinterpret_cast<const char*>(bytes.data() + 8), static_cast<std::size_t>(header_len));
+  // {header {entry [shape]}} is as deep as the format goes.
+  const nlohmann::json header = detail::parse_json_strict(text, where, "header", 3);
+  if (!header.is_object()) throw FormatError(where + ": header is not a JSON object");
+
+  const std::uint8_t* buffer = bytes.data() + 8 + header_len;
+  const std::uint64_t buffer_size = available - header_len;
+
+  struct Entry {
+    std::string name;
+    TensorData tensor;
+    std::uint64_t begin, end;
+  };
+  std::vector<Entry> entries;
+  entries.reserve(header.size());
+  Safetensors result;
+
+  for (const auto& [name, info] : header.items()) {
+    if (name == Safetensors::kMetadataKey) {
+      if (!info.is_object()) throw FormatError(where + ": __metadata__ is not a JSON object");
+      for (const auto& [k, v] : info.items()) {
+        if (!v.is_string())
+          throw FormatError(where + ": __metadata__ '" + k + "' must be a string, got " + v.dump());
+        result.metadata()[k] = v.get<std::string>();
+      }
+      continue;
+    }
+    const std::string what = where + ": tensor '" + name + "'";
+    if (!info.is_object()) throw FormatError(what + ": entry is not a JSON object");
+    for (const auto& [k, v] : info.items())
+      if (k != "dtype" && k != "shape" && k != "data_offsets")
+        throw FormatError(what + ": unexpected key '" + k + "'");
+    for (const char* k : {"dtype", "shape", "data_offsets"})
+      if (!info.contains(k)) throw FormatError(what + ": missing '" + k + "'");
+
+    const auto& jd = info["dtype"];
+    if (!jd.is_string()) throw FormatError(what + ": dtype must be a string, got " + jd.dump());
+    const std::string dname = jd.get<std::string>();
+    const auto dtype = detail::parse_dtype(dname);
+    if (!dtype) {
+      if (detail::is_known_unsupported_dtype(dname))
+        throw FormatError(what + ": dtype " + dname + " is not supported (expected F32; F16, BF16 and F64 are also read)");
+      throw FormatError(what + ": unknown dtype '" + dname + "'");
+    }
+
+    const auto& js = info["shape"];
+    if (!js.is_array()) throw FormatError(what + ": shape must be an array, got " + js.dump());
+    Entry e{name, {}, 0, 0};
+    e.tensor.dtype = *dtype;
+    for (const auto& d : js) e.tensor.shape.push_back(detail::header_uint(d, what + ": shape entry"));
+
+    const auto& jo = info["data_offsets"];
+    if (!jo.is_array() || jo.size() != 2)
+      throw FormatError(what + ": data_offsets must be an array [begin, end], got " + jo.dump());
+    e.begin = detail::header_uint(jo[0], what + ": data_offsets begin");
+    e.end = detail::header_uint(jo[1], what + ": data_offsets end");
+    const std::string offsets = "data_offsets [" + std::to_string(e.begin) + ", " + std::to_string(e.end) + "]";
+    if (e.begin > e.end) throw FormatError(what + ": " + offsets + " has begin > end");
+    if (e.end > buffer_size)
+      throw FormatError(what + ": " + offsets + " points past the end of the " + std::to_string(buffer_size) +
+                        "-byte data buffer");
+    std::uint64_t n = 0;
+    const std::uint64_t esize = dtype_size(*dtype);
+    if (!detail::checked_numel(e.tensor.shape, n) || n > std::numeric_limits<std::uint64_t>::max() / esize)
+      throw FormatError(what + ": shape " + detail::shape_string(e.tensor.shape) + " is too large");
+    if (e.end - e.begin != n * esize)
+      throw FormatError(what + ": " + offsets + " but shape " + detail::shape_string(e.tensor.shape) + " of " + dname +
+                        " needs " + std::to_string(n * esize) + " bytes");
+    entries.push_back(std::move(e));
+  }
+
+  // The data buffer must be covered exactly, in some order, by the tensors' byte ranges.
+  std::vector<std::size_t> order(entries.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    return std::pair(entries[a].begin, entries[a].end) < std::pair(entries[b].begin, entries[b].end);
+  });
+  std::uint64_t covered = 0;
+  const Entry* previous = nullptr;
+  for (std::size_t i : order) {
+    const Entry& e = entries[i];
+    if (e.begin != covered) {
+      const std::string prev = previous ? "the previous tensor '" + previous->name + "' ends at " + std::to_string(covered)
+                                        : "the data buffer starts at 0";
+      throw FormatError(where + ": tensor '" + e.name + "' starts at byte " + std::to_string(e.begin) + " but " + prev +
+                        (e.begin > covered ? " (gap)" : " (overlap)"));
+    }
+    covered = e.end;
+    previous = &e;
+  }
+  if (covered != buffer_size)
+    throw FormatError(where + ": data buffer is " + std::to_string(buffer_size) + " bytes but the tensors cover " +
+                      std::to_string(covered) + " (" + std::to_string(buffer_size - covered) +
+                      " trailing bytes belong to no tensor)");
+
+  // Buffer order, so that serialising the result reproduces the same layout.
+  for (std::size_t i : order) {
+    Entry& e = entries[i];
+    e.tensor.bytes.assign(buffer + e.begin, buffer + e.end);
+    if (options.require_finite) {
+      const std::size_t bad = e.tensor.first_non_finite();
+      if (bad != e.tensor.numel())
+        throw FormatError(where + ": tensor '" + e.name + "': element " + std::to_string(bad) + " is not finite (" +
+                          std::to_string(e.tensor.value(bad)) + ")");
+    }
+    result.add(std::move(e.name), std::move(e.tensor));
+  }
+  return result;
+}
+
+// The whole content of a file; IoError naming the path and the OS reason on failure.
+inline std::vector<std::uint8_t> read_file_bytes(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw IoError("cannot read '" + path.string() + "': it is a directory");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw IoError("cannot open '" + path.string() + "' for reading: " + detail::errno_text(errno));
+  in.seekg(0, std::ios::end);
+  const std::streamoff size = in.tellg();
+  if (size < 0) throw IoError("cannot determine the size of '" + path.string() + "'");
+  in.seekg(0, std::ios::beg);
+  std::vector<std::uint8_t> bytes(static_cast<std::size_t>(size));
+  if (size > 0 && !in.read(reinterpret_cast<char*>(bytes.data()), size))
+    throw IoError("cannot read '" + path.string() + "': " + detail::errno_text(errno));
+  return bytes;
+}
+
+inline Safetensors read_safetensors(const std::filesystem::path& path, const SafetensorsReadOptions& options = {}) {
+  const std::vector<std::uint8_t> bytes = read_file_bytes(path);
+  return parse_safetensors(bytes, "safetensors file '" + path.string() + "'", options);
+}
+
+namespace detail {
+inline std::atomic<std::uint64_t> temp_file_counter{0};
+}
+
+// Replaces `target` with `bytes` atomically: the bytes go to a new file in the same
+// directory, are flushed to disk (fsync), and the new file is renamed over the target. A
+// failure at any step removes the temporary file and throws IoError; the previous file,
+// if any, is untouched.
+inline void write_file_atomic(const std::filesystem::path& target, std::span<const std::uint8_t> bytes) {
+  namespace fs = std::filesystem;
+  const std::string name = target.string();
+  if (target.filename().empty()) throw IoError("cannot write '" + name + "': not a file name");
+  std::error_code ec;
+  if (fs::is_directory(target, ec)) throw IoError("cannot write '" + name + "': it is a directory");
+  const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
+
+  // O_EXCL with a process- and call-unique name: concurrent savers never share a temp file.
+  fs::path temp;
+  int fd = -1;
+  for (int attempt = 0; fd < 0; ++attempt) {
+    // Appended piece by piece: GCC 12 misreports "." + std::string as overlapping (-Wrestrict).
+    std::string temp_name(".");
+    temp_name += target.filename().string();
+    temp_name += ".tmp.";
+    temp_name += std::to_string(::getpid());
+    temp_name += '.';
+    temp_name += std::to_string(detail::temp_file_counter.fetch_add(1));
+    temp = dir / temp_name;
+    fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd < 0 && (errno != EEXIST || attempt >= 100))
+      throw IoError("cannot save '" + name + "': cannot create temporary file '" + temp.string() +
+                    "': " + detail::errno_text(errno));
+  }
+  auto fail = [&](const std::string& step, int err) {
+    if (fd >= 0) ::close(fd);
+    ::unlink(temp.c_str());
+    throw IoError("cannot save '" + name + "': " + step + " '" + temp.string() + "' failed: " + detail::errno_text(err));
+  };
+
+  const std::uint8_t* p = bytes.data();
+  std::size_t left = bytes.size();
+  while (left > 0) {
+    const ::ssize_t n = ::write(fd, p, left);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail("writing", errno);
+    }
+    p += n;
+    left -= static_cast<std::size_t>(n);
+  }
+  if (::fsync(fd) != 0) fail("flushing", errno);
+  const int closed = ::close(fd);
+  fd = -1;
+  if (closed != 0) fail("closing", errno);
+  if (::rename(temp.c_str(), target.c_str()) != 0) fail("renaming over the target", errno);
+
+  // Make the rename itself durable. Best effort: the new file is already in place.
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    (void)::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
+inline void write_safetensors(const std::filesystem::path& path, const Safetensors& st) {
+  const std::vector<std::uint8_t> bytes = serialize_safetensors(st);
+  write_file_atomic(path, bytes);
+}
+
+}  // namespace age
