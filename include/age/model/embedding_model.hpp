@@ -25,6 +25,10 @@ struct ModelWorkspace {
 
 class EmbeddingCtrModel {
  public:
+  // CtrModel types (age/model/ctr_model.hpp): the embedding-level passes use the tower's.
+  using Workspace = TowerWorkspace;
+  using Mask = DropoutMask;
+
   EmbeddingCtrModel() = default;
   EmbeddingCtrModel(FeatureLayout layout, std::vector<std::size_t> hidden)
       : tables_(std::move(layout)),

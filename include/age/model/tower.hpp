@@ -39,7 +39,7 @@ struct TowerWorkspace {
   Vector user_pre;             // W_user * user + b0, when the user column is shared
   std::vector<Matrix> pre;     // pre-activation of each layer (last: 1 x N logits)
   std::vector<Matrix> act;     // ReLU(pre) (.* mask) of each hidden layer
-  Matrix d_pre, d_act;         // backward scratch
+  std::vector<Matrix> d_pre;   // backward: d(objective)/d(pre-activation) of each layer
   RowVector d_logit;           // upstream gradient scratch of probability_gradient()
   const DropoutMask* mask = nullptr;  // mask of the last forward pass
   bool shared_user = true;
@@ -51,6 +51,10 @@ struct TowerWorkspace {
 
 class Tower {
  public:
+  // CtrModel types (age/model/ctr_model.hpp).
+  using Workspace = TowerWorkspace;
+  using Mask = DropoutMask;
+
   Tower() = default;
   Tower(std::size_t user_dim, std::size_t item_dim, std::vector<std::size_t> hidden)
       : user_dim_(user_dim), item_dim_(item_dim), hidden_(std::move(hidden)) {
@@ -158,40 +162,44 @@ class Tower {
       params->weights.resize(layers);
       params->biases.resize(layers);
     }
-    // d_pre holds d(objective)/d(pre-activation) of layer l, walking down from the output.
-    ws.d_pre = d_logit;
+    // ws.d_pre[l] holds d(objective)/d(pre-activation) of layer l, walking down from the
+    // output. One buffer per layer, so a warm workspace never reallocates.
+    ws.d_pre.resize(layers);
+    ws.d_pre[layers - 1] = d_logit;
     for (std::size_t l = layers; l-- > 0;) {
+      const Matrix& d_pre = ws.d_pre[l];
       if (params) {
-        params->biases[l] = ws.d_pre.rowwise().sum();
+        params->biases[l] = d_pre.rowwise().sum();
         Matrix& gw = params->weights[l];
         gw.resize(weights_[l].rows(), weights_[l].cols());
         if (l > 0) {
-          gw.noalias() = ws.d_pre * ws.act[l - 1].transpose();
+          gw.noalias() = d_pre * ws.act[l - 1].transpose();
         } else {
           const Index du = static_cast<Index>(user_dim_), di = static_cast<Index>(item_dim_);
-          gw.rightCols(di).noalias() = ws.d_pre * items.transpose();
+          gw.rightCols(di).noalias() = d_pre * items.transpose();
           if (du > 0) {
             if (ws.shared_user)
               gw.leftCols(du).noalias() = params->biases[0] * user.col(0).transpose();
             else
-              gw.leftCols(du).noalias() = ws.d_pre * user.transpose();
+              gw.leftCols(du).noalias() = d_pre * user.transpose();
           }
         }
       }
       if (l == 0) break;
       // Through layer l's weights, then the mask and ReLU of hidden layer l - 1.
-      ws.d_act.resize(weights_[l].cols(), n);
-      ws.d_act.noalias() = weights_[l].transpose() * ws.d_pre;
+      Matrix& below = ws.d_pre[l - 1];
+      below.resize(weights_[l].cols(), n);
+      below.noalias() = weights_[l].transpose() * d_pre;
       backprop_activation(l - 1, ws);
     }
     const Index du = static_cast<Index>(user_dim_), di = static_cast<Index>(item_dim_);
     if (d_items) {
       d_items->resize(di, n);
-      d_items->noalias() = weights_[0].rightCols(di).transpose() * ws.d_pre;
+      d_items->noalias() = weights_[0].rightCols(di).transpose() * ws.d_pre[0];
     }
     if (d_user) {
       d_user->resize(du, n);
-      if (du > 0) d_user->noalias() = weights_[0].leftCols(du).transpose() * ws.d_pre;
+      if (du > 0) d_user->noalias() = weights_[0].leftCols(du).transpose() * ws.d_pre[0];
     }
   }
 
@@ -231,9 +239,11 @@ class Tower {
     if (mask && !mask->empty()) {
       detail::require_dim("dropout mask: number of layers", hidden_.size(), mask->layers.size());
       for (std::size_t l = 0; l < hidden_.size(); ++l) {
+        // Messages are built only on failure: this check runs on every scoring pass.
         const Matrix& m = mask->layers[l];
-        detail::require_dim("dropout mask layer " + std::to_string(l) + " rows", hidden_[l],
-                            static_cast<std::size_t>(m.rows()));
+        if (static_cast<std::size_t>(m.rows()) != hidden_[l])
+          throw DimensionError(detail::mismatch("dropout mask layer " + std::to_string(l) + " rows", hidden_[l],
+                                                static_cast<std::size_t>(m.rows())));
         if (m.cols() != 1 && m.cols() != items.cols())
           throw DimensionError("dropout mask layer " + std::to_string(l) + " columns: expected 1 or " +
                                std::to_string(items.cols()) + ", got " + std::to_string(m.cols()));
@@ -248,11 +258,11 @@ class Tower {
     if (ws.mask) apply_mask(ws.mask->layers[l], act);
   }
 
-  // d_pre(l) = d_act(l) .* mask_l .* 1[pre_l > 0]
+  // In place: d_pre(l) = d_act(l) .* mask_l .* 1[pre_l > 0]
   void backprop_activation(std::size_t l, TowerWorkspace& ws) const {
-    ws.d_act = (ws.pre[l].array() > Scalar(0)).select(ws.d_act, Scalar(0));
-    if (ws.mask) apply_mask(ws.mask->layers[l], ws.d_act);
-    ws.d_pre.swap(ws.d_act);
+    Matrix& d = ws.d_pre[l];
+    d = (ws.pre[l].array() > Scalar(0)).select(d, Scalar(0));
+    if (ws.mask) apply_mask(ws.mask->layers[l], d);
   }
 
   static void apply_mask(const Matrix& m, Matrix& x) {

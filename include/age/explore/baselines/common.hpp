@@ -1,0 +1,42 @@
+// Pieces shared by the baseline exploration policies (AGE-METHOD.md, "Baseline
+// definitions"): configuration checks and the base prediction every baseline reports.
+#pragma once
+
+#include <cmath>
+#include <sstream>
+#include <string>
+#include <string_view>
+
+#include "age/core/error.hpp"
+#include "age/core/types.hpp"
+#include "age/explore/request.hpp"
+#include "age/model/ctr_model.hpp"
+
+namespace age {
+namespace detail::baseline {
+
+// Candidates as the contiguous dimension of each row: a row binds to Eigen::Ref<RowVector>.
+using RowMajorMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// "<what>: expected <expected>, got <actual>" as a ConfigError when `ok` is false.
+inline void require_config(bool ok, std::string_view what, std::string_view expected, double actual) {
+  if (ok) return;
+  std::ostringstream msg;
+  msg << what << ": expected " << expected << ", got " << actual;
+  throw ConfigError(msg.str());
+}
+
+// A finite value >= 0 (scales of exploration bonuses).
+inline void require_non_negative(std::string_view what, double value) {
+  require_config(std::isfinite(value) && value >= 0.0, what, "a finite value >= 0", value);
+}
+
+// base = f(h | theta) for every candidate of the request; sizes `out` for N candidates.
+template <CtrModel Model>
+void score_base(const Model& model, const Request& request, ScoredRequest& out, typename Model::Workspace& ws) {
+  out.resize(request.size());
+  predict_probabilities(model, request.user, request.items, nullptr, ws, out.base);
+}
+
+}  // namespace detail::baseline
+}  // namespace age

@@ -1,0 +1,219 @@
+// The AGE scorer: exploration-adjusted scores for one request (AGE-METHOD.md, "Algorithm"):
+//   1. y = f(h | theta)                 base pCTR of every candidate
+//   2. delta_y                          Uncertainty policy (MC-Dropout TS by default)
+//   3. sigma                            Gate policy (Dynamic Gating Unit by default)
+//   4. dh, y_e = f(h + sigma * dh)      Perturbation policy (PGD by default), only for the
+//                                       candidates whose gate is open
+// Candidates are ranked by y_e; no bonus term is added. A closed gate gives EXACTLY y.
+//
+// AgeScorer<Model, Uncertainty, Perturbation, Gate> composes the four seams; each one is a
+// concept (CtrModel, UncertaintyPolicy, PerturbationPolicy, GatePolicy), so a type that
+// does not fit is rejected at compile time with the failed requirement named.
+//
+//   Tower dgu = make_dgu_tower(model.item_dim());      // trained by OnlineTrainer
+//   AgeTs<EmbeddingCtrModel> scorer(model, DguGate(dgu), {}, Pgd{.lambda = 2e-3}, seed);
+//   AgeTs<EmbeddingCtrModel>::Workspace ws;              // one per thread
+//   ScoredRequest out;
+//   scorer.score(Request{user, items, request_id}, out, ws);
+//
+// Thread safety and reproducibility: the scorer keeps a const pointer to the model (which
+// must outlive it) and never changes after construction, so one scorer serves many
+// threads, each with its own Workspace. All randomness of a request comes from Rngs seeded
+// by (scorer seed, request id): the same request scores identically every time, on every
+// thread, in any order. Once warmed up on requests of N candidates, scoring allocates
+// nothing as long as the number of open candidates repeats, and never with
+// set_gather_open(false) (with the library's model and policies).
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <numeric>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "age/core/error.hpp"
+#include "age/core/rng.hpp"
+#include "age/core/types.hpp"
+#include "age/explore/gate.hpp"
+#include "age/explore/perturbation.hpp"
+#include "age/explore/request.hpp"
+#include "age/explore/uncertainty.hpp"
+#include "age/model/ctr_model.hpp"
+
+namespace age {
+
+template <CtrModel Model, class Uncertainty = McDropoutTs, class Perturbation = Pgd, class Gate = DguGate>
+  requires UncertaintyPolicy<Uncertainty, Model> && PerturbationPolicy<Perturbation, Model> &&
+           GatePolicy<Gate, Model>
+class AgeScorer {
+ public:
+  using model_type = Model;
+  using uncertainty_type = Uncertainty;
+  using perturbation_type = Perturbation;
+  using gate_type = Gate;
+
+  // Per-thread scratch: the model's and each policy's for the whole request, and a second
+  // set for the gathered open candidates (so that the full-size buffers keep their size).
+  struct Workspace {
+    typename Model::Workspace model, model_open;
+    typename Uncertainty::template Workspace<Model> uncertainty;
+    typename Perturbation::template Workspace<Model> perturbation, perturbation_open;
+    typename Gate::Workspace gate;
+    std::vector<Index> open;
+    Matrix items, user;
+    RowVector base, delta, explored;
+  };
+
+  // Validates every policy (ConfigError: lambda' < 0, p outside [0, 1), PGD steps = 0,
+  // UCB samples = 0, a DGU gate without a tower, ...).
+  explicit AgeScorer(const Model& model, Gate gate = Gate(), Uncertainty uncertainty = Uncertainty(),
+                     Perturbation perturbation = Perturbation(), std::uint64_t seed = 0)
+      : model_(&model),
+        uncertainty_(std::move(uncertainty)),
+        perturbation_(std::move(perturbation)),
+        gate_(std::move(gate)),
+        seed_(seed) {
+    uncertainty_.validate();
+    perturbation_.validate();
+    gate_.validate();
+    detail::validate_against_model(gate_, model);
+  }
+  // The scorer keeps a pointer to the model: a temporary would dangle.
+  AgeScorer(const Model&&, Gate = Gate(), Uncertainty = Uncertainty(), Perturbation = Perturbation(),
+            std::uint64_t = 0) = delete;
+
+  // Scores every candidate of `request` into `out` (sized here) and ranks them.
+  void score(const Request& request, ScoredRequest& out, Workspace& ws) const {
+    check_request(request);
+    const Model& model = *model_;
+    const Index n = request.size();
+    out.resize(n);
+
+    // 1. y = f(h | theta)
+    predict_probabilities(model, request.user, request.items, nullptr, ws.model, out.base);
+    // 2. delta_y
+    Rng uncertainty_stream = uncertainty_rng(request.id);
+    uncertainty_.compute(model, request.user, request.items, out.base, uncertainty_stream, ws.model,
+                         ws.uncertainty, out.delta);
+    // 3. sigma
+    gate_.evaluate(model, request, out.base, ws.gate, std::span<std::uint8_t>(out.gate));
+    // 4. y_e = f(h + sigma * dh): a closed gate keeps the base prediction bit for bit.
+    out.explored = out.base;
+    ws.open.clear();
+    for (Index i = 0; i < n; ++i)
+      if (out.gate[static_cast<std::size_t>(i)]) ws.open.push_back(i);
+    const Index k = static_cast<Index>(ws.open.size());
+    Rng perturbation_stream = perturbation_rng(request.id);
+    if (k == n || (k > 0 && !gather_open_)) {
+      ws.explored.resize(n);
+      perturbation_.explore(model, request.user, request.items, out.base, out.delta, perturbation_stream, ws.model,
+                            ws.perturbation, ws.explored);
+      for (Index i = 0; i < n; ++i)
+        if (out.gate[static_cast<std::size_t>(i)]) out.explored[i] = ws.explored[i];
+    } else if (k > 0) {
+      explore_subset(request, out, ws, perturbation_stream);
+    }
+    rank_in_place(out);
+  }
+
+  // Convenience for one-off calls (allocates a workspace and a result).
+  ScoredRequest score(const Request& request) const {
+    Workspace ws;
+    ScoredRequest out;
+    score(request, out, ws);
+    return out;
+  }
+
+  // The request's random streams, so that a caller can reproduce a step on its own.
+  Rng uncertainty_rng(std::uint64_t request_id) const noexcept { return Rng(seed_, request_id); }
+  Rng perturbation_rng(std::uint64_t request_id) const noexcept {
+    return Rng(detail::mix64(seed_ ^ 0x5045525455524221ULL), request_id);
+  }
+
+  // Whether only the open candidates are moved, gathered into one smaller batch (default:
+  // the perturbation, the costly step, then runs on k <= N columns). The size of that batch
+  // changes with the number of open candidates, and so the second workspace may reallocate;
+  // with gathering off every pass runs on all N columns (closed candidates are computed and
+  // discarded) and a warmed-up workspace never allocates. Set before sharing the scorer.
+  void set_gather_open(bool on) noexcept { gather_open_ = on; }
+  bool gather_open() const noexcept { return gather_open_; }
+
+  const Model& model() const noexcept { return *model_; }
+  const Uncertainty& uncertainty() const noexcept { return uncertainty_; }
+  const Perturbation& perturbation() const noexcept { return perturbation_; }
+  const Gate& gate() const noexcept { return gate_; }
+  std::uint64_t seed() const noexcept { return seed_; }
+
+ private:
+  void check_request(const Request& request) const {
+    const Index n = request.size();
+    if (n == 0) throw InputError("request: items: expected at least 1 candidate column, got 0");
+    detail::require_dim("request: items rows (item_dim)", static_cast<std::size_t>(model_->item_dim()),
+                        static_cast<std::size_t>(request.items.rows()));
+    detail::require_dim("request: user rows (user_dim)", static_cast<std::size_t>(model_->user_dim()),
+                        static_cast<std::size_t>(request.user.rows()));
+    if (request.user.cols() != 1 && request.user.cols() != n)
+      throw DimensionError("request: user columns: expected 1 or " + std::to_string(n) + ", got " +
+                           std::to_string(request.user.cols()));
+    if (!request.impressions.empty())
+      detail::require_dim("request: impressions (one count per candidate)", static_cast<std::size_t>(n),
+                          request.impressions.size());
+  }
+
+  // The order ScoredRequest::rank() defines (explored descending, ties by lower index),
+  // with an unstable sort on (score, index) so that no merge buffer is allocated.
+  static void rank_in_place(ScoredRequest& out) {
+    out.ranking.resize(static_cast<std::size_t>(out.explored.size()));
+    std::iota(out.ranking.begin(), out.ranking.end(), Index{0});
+    const RowVector& e = out.explored;
+    std::sort(out.ranking.begin(), out.ranking.end(),
+              [&e](Index a, Index b) { return e[a] > e[b] || (!(e[b] > e[a]) && a < b); });
+  }
+
+  // Moves only the open candidates: gathered into contiguous columns, explored as one
+  // batch, scattered back (candidates are independent, see CtrModel).
+  void explore_subset(const Request& request, ScoredRequest& out, Workspace& ws, Rng& rng) const {
+    const Index k = static_cast<Index>(ws.open.size());
+    const bool shared_user = request.user.cols() == 1;
+    ws.items.resize(request.items.rows(), k);
+    if (!shared_user) ws.user.resize(request.user.rows(), k);
+    ws.base.resize(k);
+    ws.delta.resize(k);
+    ws.explored.resize(k);
+    for (Index j = 0; j < k; ++j) {
+      const Index i = ws.open[static_cast<std::size_t>(j)];
+      ws.items.col(j) = request.items.col(i);
+      if (!shared_user) ws.user.col(j) = request.user.col(i);
+      ws.base[j] = out.base[i];
+      ws.delta[j] = out.delta[i];
+    }
+    if (shared_user)
+      perturbation_.explore(*model_, request.user, ws.items, ws.base, ws.delta, rng, ws.model_open,
+                            ws.perturbation_open, ws.explored);
+    else
+      perturbation_.explore(*model_, ws.user, ws.items, ws.base, ws.delta, rng, ws.model_open,
+                            ws.perturbation_open, ws.explored);
+    for (Index j = 0; j < k; ++j) out.explored[ws.open[static_cast<std::size_t>(j)]] = ws.explored[j];
+  }
+
+  const Model* model_;
+  Uncertainty uncertainty_;
+  Perturbation perturbation_;
+  Gate gate_;
+  std::uint64_t seed_;
+  bool gather_open_ = true;
+};
+
+// The paper's two main variants (PGD, DGU) and their FGM forms (Table 3).
+template <class Model>
+using AgeTs = AgeScorer<Model, McDropoutTs, Pgd, DguGate>;
+template <class Model>
+using AgeUcb = AgeScorer<Model, McDropoutUcb, Pgd, DguGate>;
+template <class Model>
+using AgeTsFgm = AgeScorer<Model, McDropoutTs, Fgm, DguGate>;
+template <class Model>
+using AgeUcbFgm = AgeScorer<Model, McDropoutUcb, Fgm, DguGate>;
+
+}  // namespace age

@@ -1,0 +1,385 @@
+// The AGE scorer end to end (AGE-METHOD.md, "Algorithm"): breakdown, ranking, top-k,
+// reproducibility per request id and across threads, validation, the ablation arms, and
+// no allocation in steady state.
+
+// Eigen reports any heap allocation while it is forbidden (set_is_malloc_allowed(false));
+// its assertions throw here so that the test sees them in a Release build.
+#define EIGEN_RUNTIME_NO_MALLOC
+#include <stdexcept>
+#define eigen_assert(x)                                                      \
+  do {                                                                       \
+    if (!(x)) throw std::logic_error("Eigen assertion failed: " #x);         \
+  } while (false)
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <new>
+#include <thread>
+#include <vector>
+
+#include "age/explore/ablation.hpp"
+#include "age/explore/scorer.hpp"
+#include "age/model/embedding_model.hpp"
+#include "explore_models.hpp"
+
+using namespace age;
+
+// Counts operator new calls while `counting` is set (std containers; Eigen is checked by
+// its own hook above). The replacement pairs malloc with free, which GCC cannot see
+// through once inlined into the standard allocators.
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+namespace {
+std::atomic<bool> counting{false};
+std::atomic<long> allocations{0};
+}  // namespace
+void* operator new(std::size_t size) {
+  if (counting.load(std::memory_order_relaxed)) allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+
+namespace {
+struct World {
+  EmbeddingCtrModel model;
+  Tower dgu;
+  std::vector<SideInput> item_inputs;
+  SideInput user_input;
+  Vector user;
+  Matrix items;
+
+  World() {
+    FeatureLayout layout;
+    layout.add_categorical("user_id", Side::User, 1000, 8)
+        .add_multi_hot("user_tags", Side::User, 100, 4, Pooling::Mean)
+        .add_categorical("item_id", Side::Item, 1000, 8)
+        .add_dense("item_stats", Side::Item, 2);
+    model = EmbeddingCtrModel(layout, {32, 16});
+    Rng rng(1);
+    model.initialize(rng, 0.5);
+    user_input = SideInput{FieldInput{{42}, {}}, FieldInput{{1, 5, 9}, {}}};
+    for (std::uint64_t i = 0; i < 24; ++i)
+      item_inputs.push_back(SideInput{FieldInput{{100 + i}, {}},
+                                      FieldInput{{}, {static_cast<float>(i) / 24.0f, 0.5f}}});
+    model.embed_request(user_input, item_inputs, user, items);
+    // A DGU at the median base score, so that about half the candidates are explored.
+    TowerWorkspace ws;
+    RowVector base(items.cols());
+    predict_probabilities(model, user, items, nullptr, ws, base);
+    std::sort(base.data(), base.data() + base.size());
+    const Scalar median = base[base.size() / 2];
+    dgu = make_dgu_tower(model.item_dim(), 8);
+    dgu.bias(1).setConstant(std::log(median / (1 - median)));
+  }
+
+  Request request(std::uint64_t id) const { return Request{user, items, id}; }
+};
+
+bool identical(const ScoredRequest& a, const ScoredRequest& b) {
+  return a.base == b.base && a.delta == b.delta && a.gate == b.gate && a.explored == b.explored &&
+         a.ranking == b.ranking;
+}
+}  // namespace
+
+static_assert(Explorer<AgeTs<EmbeddingCtrModel>>);
+static_assert(Explorer<AgeUcb<Tower>>);
+static_assert(Explorer<AgeTsFgm<EmbeddingCtrModel>> && Explorer<AgeUcbFgm<EmbeddingCtrModel>>);
+static_assert(std::same_as<AgeScorer<Tower>, AgeScorer<Tower, McDropoutTs, Pgd, DguGate>>);
+
+TEST_CASE("AGE-TS end to end: breakdown, explored scores, ranking and top-k", "[scorer]") {
+  const World w;
+  const AgeTs<EmbeddingCtrModel> scorer(w.model, DguGate(w.dgu), McDropoutTs{0.1}, Pgd{.lambda = 20}, 5);
+  const Request request = w.request(77);
+  const ScoredRequest out = scorer.score(request);
+  const Index n = w.items.cols();
+  REQUIRE(out.size() == n);
+
+  // 1. base = the model's prediction from the raw features.
+  ModelWorkspace mws;
+  RowVector predicted(n);
+  w.model.predict(w.user_input, w.item_inputs, mws, predicted);
+  CHECK((out.base - predicted).cwiseAbs().maxCoeff() < 1e-6f);
+
+  // 2. delta = MC-Dropout TS with the request's uncertainty stream.
+  TowerWorkspace tws;
+  RowVector delta(n);
+  McDropoutTs::Workspace<EmbeddingCtrModel> ts_ws;
+  Rng u_rng = scorer.uncertainty_rng(77);
+  McDropoutTs{0.1}.compute(w.model, w.user, w.items, out.base, u_rng, tws, ts_ws, delta);
+  CHECK(out.delta == delta);
+  CHECK(out.delta.minCoeff() < 0);  // signed
+  CHECK(out.delta.maxCoeff() > 0);
+
+  // 3. gate = DGU; 4. explored = PGD on the open candidates, base on the closed ones.
+  std::vector<std::uint8_t> gate(static_cast<std::size_t>(n));
+  DguGate::Workspace g_ws;
+  DguGate(w.dgu).evaluate(w.model, request, out.base, g_ws, gate);
+  CHECK(out.gate == gate);
+  RowVector all_moved(n);
+  MoveWorkspace m_ws;
+  Rng p_rng = scorer.perturbation_rng(77);
+  Pgd{.lambda = 20}.explore(w.model, w.user, w.items, out.base, out.delta, p_rng, tws, m_ws, all_moved);
+  int open = 0;
+  for (Index i = 0; i < n; ++i) {
+    if (gate[static_cast<std::size_t>(i)]) {
+      ++open;
+      CHECK(out.explored[i] == Approx(all_moved[i]).margin(1e-6));
+      CHECK(out.explored[i] != out.base[i]);
+    } else {
+      CHECK(out.explored[i] == out.base[i]);
+    }
+  }
+  CHECK(open >= 6);
+  CHECK(open <= 18);
+
+  // Ranking: a permutation, by explored score, best first; top-k is its head.
+  std::vector<Index> sorted = out.ranking;
+  std::sort(sorted.begin(), sorted.end());
+  for (Index i = 0; i < n; ++i) CHECK(sorted[static_cast<std::size_t>(i)] == i);
+  for (std::size_t r = 1; r < out.ranking.size(); ++r)
+    CHECK(out.explored[out.ranking[r - 1]] >= out.explored[out.ranking[r]]);
+  ScoredRequest reranked = out;
+  reranked.rank();
+  CHECK(reranked.ranking == out.ranking);
+  const auto top = out.top_k(3);
+  REQUIRE(top.size() == 3);
+  CHECK(std::equal(top.begin(), top.end(), out.ranking.begin()));
+  CHECK(out.best() == out.ranking.front());
+  CHECK(out.top_k(100).size() == static_cast<std::size_t>(n));
+  // Exploration changes the order here (otherwise it would be pointless to test).
+  std::vector<Index> by_base(static_cast<std::size_t>(n));
+  std::iota(by_base.begin(), by_base.end(), Index{0});
+  std::stable_sort(by_base.begin(), by_base.end(), [&](Index a, Index b) { return out.base[a] > out.base[b]; });
+  INFO("base " << out.base << "\nexplored " << out.explored);
+  CHECK(by_base != out.ranking);
+}
+
+TEST_CASE("the same request id explores identically; another id or seed explores differently", "[scorer]") {
+  const World w;
+  const AgeTs<EmbeddingCtrModel> scorer(w.model, DguGate(w.dgu), McDropoutTs{0.1}, Pgd{.lambda = 0.5}, 5);
+  AgeTs<EmbeddingCtrModel>::Workspace ws;
+  ScoredRequest a, b, c;
+  scorer.score(w.request(3), a, ws);
+  scorer.score(w.request(4), c, ws);  // something else in between, same workspace
+  scorer.score(w.request(3), b, ws);
+  CHECK(identical(a, b));
+  CHECK(identical(a, scorer.score(w.request(3))));  // a fresh workspace
+  CHECK(a.delta != c.delta);
+  const AgeTs<EmbeddingCtrModel> reseeded(w.model, DguGate(w.dgu), McDropoutTs{0.1}, Pgd{.lambda = 0.5}, 6);
+  CHECK(reseeded.score(w.request(3)).delta != a.delta);
+}
+
+TEST_CASE("two threads score the same requests identically", "[scorer]") {
+  const World w;
+  const auto scorer = age_ucb(w.model, w.dgu, AgeSettings{.lambda = 0.5, .dropout_rate = 0.1, .seed = 9});
+  const int requests = 48;
+  std::vector<ScoredRequest> reference(requests);
+  {
+    decltype(scorer)::Workspace ws;
+    for (int r = 0; r < requests; ++r) scorer.score(w.request(static_cast<std::uint64_t>(r)), reference[r], ws);
+  }
+  std::vector<ScoredRequest> forward(requests), backward(requests);
+  std::thread t1([&] {
+    decltype(scorer)::Workspace ws;
+    for (int r = 0; r < requests; ++r) scorer.score(w.request(static_cast<std::uint64_t>(r)), forward[r], ws);
+  });
+  std::thread t2([&] {
+    decltype(scorer)::Workspace ws;
+    for (int r = requests - 1; r >= 0; --r) scorer.score(w.request(static_cast<std::uint64_t>(r)), backward[r], ws);
+  });
+  t1.join();
+  t2.join();
+  for (int r = 0; r < requests; ++r) {
+    INFO("request " << r);
+    CHECK(identical(forward[r], reference[r]));
+    CHECK(identical(backward[r], reference[r]));
+    CHECK(reference[r].delta.minCoeff() >= 0);  // UCB
+  }
+}
+
+TEST_CASE("invalid settings and inputs are rejected with the field named", "[scorer]") {
+  const World w;
+  using Ts = AgeTs<EmbeddingCtrModel>;
+  const DguGate gate(w.dgu);
+  CHECK_THROWS_WITH(Ts(w.model, gate, {}, Pgd{.lambda = -1e-3}), Catch::Contains("Pgd.lambda"));
+  CHECK_THROWS_WITH(Ts(w.model, gate, McDropoutTs{1.0}), Catch::Contains("dropout rate"));
+  CHECK_THROWS_WITH(Ts(w.model, gate, {}, Pgd{.steps = 0}), Catch::Contains("Pgd.steps"));
+  CHECK_THROWS_AS(AgeUcb<EmbeddingCtrModel>(w.model, gate, McDropoutUcb{.samples = 0}), ConfigError);
+  CHECK_THROWS_AS(Ts(w.model), ConfigError);  // a DGU gate needs its tower
+  const Tower wrong = make_dgu_tower(3);
+  CHECK_THROWS_AS(Ts(w.model, DguGate(wrong)), DimensionError);
+
+  const Ts scorer(w.model, gate);
+  const Matrix bad_items = Matrix::Zero(w.items.rows() + 1, 3);
+  CHECK_THROWS_WITH(scorer.score(Request{w.user, bad_items, 1}),
+                    Catch::Contains("item_dim") && Catch::Contains("expected 10, got 11"));
+  const Matrix bad_user = Matrix::Zero(3, 1);
+  CHECK_THROWS_AS(scorer.score(Request{bad_user, w.items, 1}), DimensionError);
+  const Matrix no_items(w.items.rows(), 0);
+  CHECK_THROWS_AS(scorer.score(Request{w.user, no_items, 1}), InputError);
+  const std::vector<std::uint64_t> too_few(3, 0);
+  CHECK_THROWS_WITH(scorer.score(Request{w.user, w.items, 1, too_few}),
+                    Catch::Contains("impressions") && Catch::Contains("expected 24, got 3"));
+}
+
+TEST_CASE("the paper's ablation arms build and behave as configured", "[scorer]") {
+  const World w;
+  const AgeSettings s{.lambda = 0.5, .dropout_rate = 0.1, .seed = 2};
+  const Request request = w.request(11);
+  const ScoredRequest full = age_ts(w.model, w.dgu, s).score(request);
+
+  const ScoredRequest no_gate = age_ts_without_gate(w.model, s).score(request);
+  CHECK(std::all_of(no_gate.gate.begin(), no_gate.gate.end(), [](auto g) { return g == 1; }));
+  CHECK(no_gate.delta == full.delta);  // same uncertainty stream
+
+  for (const double t : {0.005, 0.01, 0.02}) {
+    const ScoredRequest fixed = age_ts_fixed_threshold(w.model, t, s).score(request);
+    for (Index i = 0; i < fixed.size(); ++i)
+      CHECK((fixed.gate[static_cast<std::size_t>(i)] != 0) == (static_cast<double>(fixed.base[i]) > t));
+  }
+
+  const ScoredRequest no_delta = age_ts_without_delta(w.model, w.dgu, s).score(request);
+  CHECK(no_delta.gate == full.gate);
+  CHECK(no_delta.delta != full.delta);
+
+  const ScoredRequest no_dir = age_ts_without_direction(w.model, w.dgu, s).score(request);
+  CHECK(no_dir.delta == full.delta);
+  CHECK(no_dir.explored != full.explored);
+
+  const ScoredRequest fgm = age_ts_fgm(w.model, w.dgu, s).score(request);
+  CHECK(fgm.delta == full.delta);
+  const ScoredRequest ucb_fgm = age_ucb_fgm(w.model, w.dgu, s).score(request);
+  CHECK(ucb_fgm.delta.minCoeff() >= 0);
+  const ScoredRequest ucb_no_gate = age_ucb_without_gate(w.model, s).score(request);
+  CHECK(ucb_no_gate.delta == ucb_fgm.delta);
+
+  const auto capped = age_ts_impression_capped(w.model, w.dgu, 3000, s);
+  std::vector<std::uint64_t> shown(24, 10);
+  shown[0] = shown[1] = 5000;
+  const ScoredRequest cap = capped.score(Request{w.user, w.items, 11, shown});
+  CHECK(cap.gate[0] == 0);
+  CHECK(cap.gate[1] == 0);
+  for (std::size_t i = 2; i < 24; ++i) CHECK(cap.gate[i] == full.gate[i]);
+  CHECK_THROWS_AS(capped.score(request), InputError);  // counts missing
+}
+
+TEST_CASE("whole-input perturbation and per-candidate users go through the scorer", "[scorer]") {
+  const World w;
+  const AgeTsWithoutGate<EmbeddingCtrModel> items_only(w.model, {}, McDropoutTs{0.1}, Pgd{.lambda = 0.5}, 1);
+  const AgeTsWithoutGate<EmbeddingCtrModel> whole(w.model, {}, McDropoutTs{0.1},
+                                                  Pgd{.lambda = 0.5, .target = PerturbTarget::whole_input}, 1);
+  const ScoredRequest a = items_only.score(w.request(5));
+  const ScoredRequest b = whole.score(w.request(5));
+  CHECK(a.delta == b.delta);
+  CHECK(a.explored != b.explored);
+  // One user column per candidate, all equal to the shared one: the same scores.
+  const Matrix users = w.user.replicate(1, w.items.cols());
+  const ScoredRequest c = whole.score(Request{users, w.items, 5});
+  CHECK((c.explored - b.explored).cwiseAbs().maxCoeff() < 1e-6f);
+  // Per-candidate users with a closed gate on some candidates (the gathered path).
+  const AgeTs<EmbeddingCtrModel> gated(w.model, DguGate(w.dgu), McDropoutTs{0.1}, Pgd{.lambda = 0.5}, 1);
+  const ScoredRequest d = gated.score(Request{users, w.items, 5});
+  const ScoredRequest e = gated.score(w.request(5));
+  CHECK(d.gate == e.gate);
+  CHECK((d.explored - e.explored).cwiseAbs().maxCoeff() < 1e-6f);
+}
+
+namespace {
+// Runs `fn` with heap allocation watched: returns the number of operator new calls, or -1
+// if Eigen tried to allocate.
+template <class F>
+long allocations_during(F&& fn) {
+  allocations = 0;
+  counting = true;
+  Eigen::internal::set_is_malloc_allowed(false);
+  bool eigen_ok = true;
+  try {
+    fn();
+  } catch (const std::logic_error&) {
+    eigen_ok = false;
+  }
+  Eigen::internal::set_is_malloc_allowed(true);
+  counting = false;
+  return eigen_ok ? allocations.load() : -1;
+}
+}  // namespace
+
+TEST_CASE("the scorer and its policies allocate nothing once warmed up", "[scorer]") {
+  // A model whose own passes allocate nothing, so that what is measured is the scorer, the
+  // uncertainty, perturbation and gate policies.
+  Rng rng(12);
+  Vector b(6), a(6), c(3);
+  for (Index j = 0; j < 6; ++j) {
+    b[j] = static_cast<Scalar>(rng.normal());
+    a[j] = static_cast<Scalar>(rng.uniform(0.5, 2.0));
+  }
+  c.setConstant(0.1f);
+  const test::MaskedQuadraticModel model(b, a, c);
+  const Matrix user = Matrix::Ones(3, 1);
+  Matrix items(6, 30);
+  for (Index i = 0; i < items.size(); ++i) items.data()[i] = static_cast<Scalar>(rng.normal());
+  using M = test::MaskedQuadraticModel;
+  AgeScorer<M, McDropoutTs, Pgd, FixedThresholdGate> ts(model, {0.5}, McDropoutTs{0.2}, Pgd{.lambda = 0.5}, 5);
+  AgeScorer<M, McDropoutUcb, Fgm, AlwaysOpen> ucb(model, {}, McDropoutUcb{0.2}, Fgm{.lambda = 0.5}, 5);
+  AgeScorer<M, GaussianNoise, RandomDirection, AllOf<FixedThresholdGate, AlwaysOpen>> ablation(
+      model, {FixedThresholdGate{0.5}, AlwaysOpen{}}, GaussianNoise{0.2}, RandomDirection{.lambda = 0.5}, 5);
+  decltype(ts)::Workspace ts_ws;
+  decltype(ucb)::Workspace ucb_ws;
+  decltype(ablation)::Workspace ab_ws;
+  ScoredRequest out;
+  auto score_all = [&](std::uint64_t id) {
+    ts.score(Request{user, items, id}, out, ts_ws);
+    ucb.score(Request{user, items, id}, out, ucb_ws);
+    ablation.score(Request{user, items, id}, out, ab_ws);
+  };
+
+  SECTION("gathering the open candidates: the same request again") {
+    score_all(1);  // warm-up
+    CHECK(allocations_during([&] {
+            for (int r = 0; r < 5; ++r) score_all(1);
+          }) == 0);
+  }
+  SECTION("without gathering: any request of the same size") {
+    ts.set_gather_open(false);
+    ablation.set_gather_open(false);
+    score_all(1);
+    CHECK(allocations_during([&] {
+            for (std::uint64_t id = 2; id < 30; ++id) score_all(id);
+          }) == 0);
+    // The same scores as with gathering, up to the rounding of a differently sized batch.
+    ScoredRequest gathered;
+    ts.score(Request{user, items, 7}, out, ts_ws);
+    AgeScorer<M, McDropoutTs, Pgd, FixedThresholdGate>(model, {0.5}, McDropoutTs{0.2}, Pgd{.lambda = 0.5}, 5)
+        .score(Request{user, items, 7}, gathered, ts_ws);
+    CHECK(out.gate == gathered.gate);
+    CHECK((out.explored - gathered.explored).cwiseAbs().maxCoeff() < 1e-6f);
+  }
+}
+
+TEST_CASE("the library's model allocates nothing once warmed up", "[scorer]") {
+  const World w;
+  ScoredRequest out;
+  SECTION("AGE-UCB, forward passes only") {
+    const AgeScorer<EmbeddingCtrModel, McDropoutUcb, NoPerturbation, DguGate> ucb(w.model, DguGate(w.dgu),
+                                                                                  McDropoutUcb{0.1});
+    decltype(ucb)::Workspace ws;
+    ucb.score(w.request(1), out, ws);
+    CHECK(allocations_during([&] {
+            for (std::uint64_t id = 2; id < 10; ++id) ucb.score(w.request(id), out, ws);
+          }) == 0);
+    CHECK(out.explored == out.base);
+  }
+  SECTION("AGE-TS with PGD: input gradients and moved passes too") {
+    AgeTs<EmbeddingCtrModel> ts(w.model, DguGate(w.dgu), McDropoutTs{0.1}, Pgd{.lambda = 0.5});
+    ts.set_gather_open(false);
+    decltype(ts)::Workspace ws;
+    ts.score(w.request(1), out, ws);
+    CHECK(allocations_during([&] {
+            for (std::uint64_t id = 2; id < 10; ++id) ts.score(w.request(id), out, ws);
+          }) == 0);
+  }
+}
