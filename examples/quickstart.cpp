@@ -1,13 +1,12 @@
-// Quickstart: declare features, build a CTR model, train it online on synthetic clicks,
-// then score one request and print its candidates ranked by predicted CTR.
+// Quickstart: declare features, build a CTR model and its Dynamic Gating Unit, train both
+// online on synthetic clicks, then score one request with AGE-TS and print, per candidate,
+// the base pCTR, the MC-Dropout uncertainty, the gate and the explored score it is ranked by.
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
-#include <numeric>
 #include <vector>
 
-#include "age/model/embedding_model.hpp"
-#include "age/train/trainer.hpp"
+#include "age/age.hpp"
 
 int main() {
   using namespace age;
@@ -40,8 +39,12 @@ int main() {
     return Sample{{FieldInput{{t1, t2}, {}}, FieldInput{{}, {activity}}}, item_of(ad), click ? 1.0f : 0.0f};
   };
 
-  // 4. Online training: 4,000 mini-batches of 64 impressions, Adam, dropout p = 0.01.
+  // 4. Online training: 4,000 mini-batches of 64 impressions, Adam, dropout p = 0.01. The
+  //    DGU (a 2-layer MLP on the item embedding, estimating the item's average CTR) is
+  //    trained alongside with a stop-gradient into the shared item embeddings.
+  Tower dgu = make_dgu_tower(model.item_dim(), init);
   OnlineTrainer<Adam> trainer(model, Adam{.lr = 0.01}, TrainerOptions{.dropout = 0.01, .seed = 1});
+  trainer.attach_item_tower(dgu);
   Rng world(7);
   std::vector<Sample> batch(64);
   double loss = 0.0;
@@ -54,24 +57,32 @@ int main() {
     }
   }
 
-  // 5. Score one request: a user interested in topics 3 and 7, eight candidate ads.
+  // 5. Score one request with AGE-TS: a user interested in topics 3 and 7, eight candidate
+  //    ads, one of them (ad 5003) never seen in training. lambda' is in the units of this
+  //    model's embeddings (std 0.3 here), not the paper's 1e-3.
   const SideInput user{FieldInput{{3, 7}, {}}, FieldInput{{}, {0.8f}}};
-  const std::vector<std::uint64_t> ads{3, 11, 17, 20, 27, 32, 35, 38};
+  const std::vector<std::uint64_t> ads{3, 11, 17, 20, 27, 32, 38, 5003};
   std::vector<SideInput> candidates;
   for (std::uint64_t ad : ads) candidates.push_back(item_of(ad));
-  ModelWorkspace ws;
-  RowVector pctr(static_cast<Index>(ads.size()));
-  model.predict(user, candidates, ws, pctr);
+  Vector user_embedding;
+  Matrix item_embeddings;  // item_dim x N, one column per candidate
+  model.embed_request(user, candidates, user_embedding, item_embeddings);
 
-  std::vector<Index> order(ads.size());
-  std::iota(order.begin(), order.end(), Index{0});
-  std::sort(order.begin(), order.end(), [&](Index a, Index b) { return pctr[a] > pctr[b]; });
-  std::printf("\nrequest: user topics {3, 7}, activity 0.8, %zu candidates\n", ads.size());
-  std::printf("rank  ad  topic   pCTR  true CTR\n");
-  for (std::size_t r = 0; r < order.size(); ++r) {
-    const std::uint64_t ad = ads[static_cast<std::size_t>(order[r])];
-    std::printf("%4zu  %2u  %5u  %.3f  %.3f\n", r + 1, static_cast<unsigned>(ad), static_cast<unsigned>(topic_of(ad)),
-                pctr[order[r]], true_ctr(3, 7, 0.8f, ad));
+  const AgeTs<EmbeddingCtrModel> scorer(model, DguGate(dgu), McDropoutTs{.rate = 0.01}, Pgd{.lambda = 10.0},
+                                        /*seed=*/2026);
+  const ScoredRequest out = scorer.score(Request{user_embedding, item_embeddings, /*id=*/17});
+
+  std::printf("\nrequest 17: user topics {3, 7}, activity 0.8, %zu candidates (AGE-TS, PGD, DGU)\n", ads.size());
+  std::printf("rank    ad  topic  true CTR   base    delta    DGU  gate  explored\n");
+  RowVector dgu_ctr(out.size());
+  DguGate::Workspace gate_ws;
+  DguGate(dgu).average_ctr(item_embeddings, gate_ws, dgu_ctr);
+  for (std::size_t r = 0; r < out.ranking.size(); ++r) {
+    const Index i = out.ranking[r];
+    const std::uint64_t ad = ads[static_cast<std::size_t>(i)];
+    std::printf("%4zu  %4u  %5u     %.3f  %.3f  %+.4f  %.3f  %4s     %.3f\n", r + 1, static_cast<unsigned>(ad),
+                static_cast<unsigned>(topic_of(ad)), true_ctr(3, 7, 0.8f, ad), out.base[i], out.delta[i], dgu_ctr[i],
+                out.gate[static_cast<std::size_t>(i)] ? "open" : "shut", out.explored[i]);
   }
   return 0;
 }

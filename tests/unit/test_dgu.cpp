@@ -195,3 +195,15 @@ TEST_CASE("fixed threshold, impression cap, always-open and all-of gates", "[dgu
   static_assert(GatePolicy<AllOf<DguGate, ImpressionCapGate>, Tower>);
   CHECK_THROWS_AS((AllOf<DguGate, AlwaysOpen>().validate()), ConfigError);  // the DGU has no tower
 }
+
+TEST_CASE("make_dgu_tower: zero weights for loading, random weights for training", "[dgu]") {
+  const Tower for_loading = make_dgu_tower(6, 4);
+  CHECK(for_loading.user_dim() == 0);
+  CHECK(for_loading.item_dim() == 6);
+  CHECK(for_loading.weight(0).isZero());
+  Rng rng(3);
+  const Tower for_training = make_dgu_tower(6, rng, 4);
+  CHECK(for_training.hidden() == std::vector<std::size_t>{4});
+  CHECK_FALSE(for_training.weight(0).isZero());
+  CHECK(for_training.weight(0).cwiseAbs().maxCoeff() <= 1.0f / std::sqrt(6.0f));  // nn.Linear bound
+}

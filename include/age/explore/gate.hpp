@@ -61,9 +61,19 @@ void validate_against_model(const G& g, const M& model) {
 
 // A DGU tower: the 2-layer MLP f_dgu(h_item) = sigmoid(w2 ReLU(W1 h_item + b1) + b2) on the
 // item embeddings only (no user part). Train it with OnlineTrainer::attach_item_tower.
+// Its weights start at ZERO (for loading trained weights into it); a tower to be trained
+// needs random weights, which the overload taking an Rng gives: with all-zero weights the
+// hidden layer's gradient is zero and only the output bias would ever learn.
 inline Tower make_dgu_tower(std::size_t item_dim, std::size_t hidden = 32) {
   if (hidden == 0) throw ConfigError("DGU tower: hidden: expected >= 1, got 0");
   return Tower(0, item_dim, {hidden});
+}
+
+// A DGU tower initialised like PyTorch's nn.Linear, ready to be trained.
+inline Tower make_dgu_tower(std::size_t item_dim, Rng& rng, std::size_t hidden = 32) {
+  Tower dgu = make_dgu_tower(item_dim, hidden);
+  dgu.initialize(rng);
+  return dgu;
 }
 
 // The Dynamic Gating Unit:
