@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -262,6 +263,7 @@ TEST_CASE("hot swap under load: every request scores with exactly one version, o
   std::vector<int> mismatches(kReaders, 0), wrong_version(kReaders, 0), went_back(kReaders, 0);
   std::vector<std::vector<int>> seen(kReaders, std::vector<int>(kVersions + 1, 0));
   std::atomic<std::uint64_t> progress{0};
+  std::vector<std::atomic<std::uint64_t>> reader_progress(kReaders);  // per reader, for the final wait
   std::atomic<bool> stop{false};
   int max_live = 0, retired_here = 0, failed_loads = 0;
   std::vector<int> retired_versions;
@@ -286,6 +288,7 @@ TEST_CASE("hot swap under load: every request scores with exactly one version, o
       if (v >= 1 && v <= kVersions) ++seen[static_cast<std::size_t>(t)][static_cast<std::size_t>(v)];
       ++requests[static_cast<std::size_t>(t)];
       progress.fetch_add(1, std::memory_order_relaxed);
+      reader_progress[static_cast<std::size_t>(t)].fetch_add(1, std::memory_order_relaxed);
     };
 
     std::vector<std::thread> readers;
@@ -345,10 +348,14 @@ TEST_CASE("hot swap under load: every request scores with exactly one version, o
     });
 
     updater.join();
-    const std::uint64_t after_last = progress.load();
-    const auto deadline = std::chrono::steady_clock::now() + 5s;
-    while (progress.load() < after_last + 4 * kReaders && std::chrono::steady_clock::now() < deadline)
-      std::this_thread::yield();
+    // Every reader (not only the fastest) scores a few requests under the last version,
+    // however the threads are scheduled on a loaded machine.
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    for (auto& reader_count : reader_progress) {
+      const std::uint64_t after_last = reader_count.load();
+      while (reader_count.load() < after_last + 4 && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::yield();
+    }
     stop.store(true, std::memory_order_release);
     for (auto& t : readers) t.join();
 
@@ -447,8 +454,10 @@ TEST_CASE("an AGE scorer bundle (model, DGU tower, scorer) swaps as one unit und
 
   ModelHolder<AgeService> holder(std::make_shared<const AgeService>(1));
   std::atomic<bool> stop{false};
-  std::atomic<std::uint64_t> progress{0};
   constexpr int kReaders = 2;
+  // Per-reader progress, so that every reader (not just the fastest) scores under each
+  // version before the next swap, however the threads are scheduled.
+  std::array<std::atomic<std::uint64_t>, kReaders> progress{};
   std::vector<int> bad(kReaders, 0), scored(kReaders, 0);
   std::vector<std::thread> readers;
   for (int t = 0; t < kReaders; ++t)
@@ -464,20 +473,24 @@ TEST_CASE("an AGE scorer bundle (model, DGU tower, scorer) swaps as one unit und
         const int v = snap->id;
         if (v < 1 || v > kVersions || !(got == expected[static_cast<std::size_t>(v)][id])) ++bad[static_cast<std::size_t>(t)];
         ++scored[static_cast<std::size_t>(t)];
-        progress.fetch_add(1, std::memory_order_relaxed);
+        progress[static_cast<std::size_t>(t)].fetch_add(1, std::memory_order_relaxed);
       }
     });
+  // Waits (at most 30 s) until every reader has scored 4 more requests.
+  auto let_every_reader_score = [&] {
+    std::array<std::uint64_t, kReaders> before{};
+    for (int t = 0; t < kReaders; ++t) before[static_cast<std::size_t>(t)] = progress[static_cast<std::size_t>(t)].load();
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    for (int t = 0; t < kReaders; ++t)
+      while (progress[static_cast<std::size_t>(t)].load() < before[static_cast<std::size_t>(t)] + 4 &&
+             std::chrono::steady_clock::now() < deadline)
+        std::this_thread::yield();
+  };
   for (int v = 2; v <= kVersions; ++v) {
-    const std::uint64_t before = progress.load();
-    const auto deadline = std::chrono::steady_clock::now() + 5s;
-    while (progress.load() < before + 4 * kReaders && std::chrono::steady_clock::now() < deadline)
-      std::this_thread::yield();
+    let_every_reader_score();
     (void)holder.emplace(v);
   }
-  const std::uint64_t after_last = progress.load();
-  const auto deadline = std::chrono::steady_clock::now() + 5s;
-  while (progress.load() < after_last + 4 * kReaders && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::yield();
+  let_every_reader_score();
   stop.store(true, std::memory_order_release);
   for (auto& t : readers) t.join();
 
