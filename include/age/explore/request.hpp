@@ -43,7 +43,8 @@ struct ScoredRequest {
 
   Index size() const noexcept { return explored.size(); }
 
-  // Sizes every field for n candidates (no allocation when n does not grow).
+  // Sizes every field for n candidates. Eigen reallocates whenever n changes, so scoring
+  // is allocation-free after warm-up only while the number of candidates stays the same.
   void resize(Index n) {
     base.resize(n);
     delta.resize(n);
