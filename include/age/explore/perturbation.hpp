@@ -12,6 +12,15 @@
 // The moving policies (Fgm, Pgd, RandomDirection) also expose move(...), which leaves dh in
 // ws.d_items (item_dim x N) and, for PerturbTarget::whole_input, ws.d_user (user_dim x N).
 //
+// Optionally, for a model with request passes (RequestPassModel, age/model/tower.hpp),
+//   p.request_ready()  and  p.explore_request(model, base, delta, rng, model_ws, ws, explored)
+// do explore() on the request cached in model_ws by model.begin_request() (possibly
+// narrowed by model.request_select()): the gradient at h walks down from the cached pass
+// and h + dh costs pre0 + W_item dh, no full forward. The AGE scorer uses it when
+// request_ready() (the library's policies: when only the item part moves). Same random
+// draws, same values up to float rounding; the buffers of ws only grow, and only their
+// first N columns are meaningful afterwards.
+//
 // lambda' (`lambda`) is in the units of the embeddings h. The default 1e-3 is the paper's
 // offline value for ITS model; the right value depends on the scale of your embeddings
 // (a move of 1e-3 is large for embeddings of norm 1e-2 and invisible for norm 1e2), so
@@ -51,6 +60,7 @@ struct MoveWorkspace {
   Matrix g_items, g_user;
   Matrix moved_items, moved_user;
   RowVector radius, prob;
+  RowVector d_logit;  // request passes: dy/dz = y (1 - y)
 };
 
 namespace detail {
@@ -163,6 +173,55 @@ void evaluate_moved(const M& model, bool whole, ConstMatrixRef user, ConstMatrix
     predict_probabilities(model, user, ws.moved_items, nullptr, model_ws, explored);
 }
 
+// --- Request passes (RequestPassModel) -------------------------------------------------------
+
+// Zero move for the request's n candidates and eps_n = lambda' |delta_n|, in grow-only
+// buffers. Returns false when every radius is zero (nothing to move).
+inline bool start_request_move(double lambda, Index item_dim, Eigen::Ref<const RowVector> delta, MoveWorkspace& ws) {
+  const Index n = delta.size();
+  auto radius = scratch_head(ws.radius, n);
+  bool any = false;
+  for (Index i = 0; i < n; ++i) {
+    radius[i] = static_cast<Scalar>(lambda * std::abs(static_cast<double>(delta[i])));
+    any = any || radius[i] > 0;
+  }
+  scratch_cols(ws.d_items, item_dim, n).setZero();
+  return any;
+}
+
+// Sizes every buffer the request passes use for up to n candidates, so that later
+// requests of at most n (e.g. a varying number of open candidates) allocate nothing.
+inline void reserve_request_move(Index n, Index item_dim, MoveWorkspace& ws) {
+  scratch_head(ws.radius, n);
+  scratch_head(ws.prob, n);
+  scratch_head(ws.d_logit, n);
+  scratch_cols(ws.d_items, item_dim, n);
+  scratch_cols(ws.g_items, item_dim, n);
+}
+
+// dy/d(items) into ws.g_items (item_dim x n) at the request's cached point (moved =
+// false) or at its last moved pass, given the probabilities `prob` there.
+template <RequestPassModel M>
+void request_gradient(const M& model, bool moved, Index item_dim, Eigen::Ref<const RowVector> prob,
+                      typename M::Workspace& model_ws, MoveWorkspace& ws) {
+  const Index n = prob.size();
+  auto d_logit = scratch_head(ws.d_logit, n);
+  for (Index i = 0; i < n; ++i) d_logit[i] = prob[i] * (Scalar(1) - prob[i]);
+  auto g = scratch_cols(ws.g_items, item_dim, n);
+  if (moved)
+    model.request_moved_item_gradient(d_logit, model_ws, g);
+  else
+    model.request_item_gradient(d_logit, model_ws, g);
+}
+
+// Probabilities at h + dh (dh in ws.d_items) of the request's n candidates.
+template <RequestPassModel M>
+void request_moved_probabilities(const M& model, Index n, typename M::Workspace& model_ws, MoveWorkspace& ws,
+                                 Eigen::Ref<RowVector> prob) {
+  model.request_moved_logits(ws.d_items.leftCols(n), model_ws, prob);
+  for (Index i = 0; i < n; ++i) prob[i] = sigmoid(prob[i]);
+}
+
 // explore() of every policy that is defined by its move: move, then y_e = f(h + dh).
 template <class P, CtrModel M>
 void explore_by_move(const P& policy, const M& model, ConstMatrixRef user, ConstMatrixRef items,
@@ -210,6 +269,30 @@ struct Fgm {
     }
     detail::apply_delta_sign(whole, delta, ws);
     return true;
+  }
+
+  bool request_ready() const noexcept { return target == PerturbTarget::items; }
+  template <class M>
+  void reserve_request(const M& model, Index n, MoveWorkspace& ws) const {
+    detail::reserve_request_move(n, static_cast<Index>(model.item_dim()), ws);
+  }
+
+  // explore() on the request passes (top of this file); the item part only.
+  template <RequestPassModel M>
+  void explore_request(const M& model, Eigen::Ref<const RowVector> base, Eigen::Ref<const RowVector> delta, Rng&,
+                       typename M::Workspace& model_ws, MoveWorkspace& ws, Eigen::Ref<RowVector> explored) const {
+    const Index n = base.size(), di = static_cast<Index>(model.item_dim());
+    if (!detail::start_request_move(lambda, di, delta, ws)) {
+      explored = base;
+      return;
+    }
+    detail::request_gradient(model, false, di, base, model_ws, ws);
+    for (Index i = 0; i < n; ++i) {
+      const double norm = detail::gradient_norm(false, ws, i);
+      if (norm > 0.0) detail::add_scaled_gradient(false, ws, i, static_cast<Scalar>(ws.radius[i] / norm));
+    }
+    detail::apply_delta_sign(false, delta, ws);
+    detail::request_moved_probabilities(model, n, model_ws, ws, explored);
   }
 };
 
@@ -268,6 +351,47 @@ struct Pgd {
     detail::apply_delta_sign(whole, delta, ws);
     return true;
   }
+
+  bool request_ready() const noexcept { return target == PerturbTarget::items; }
+  template <class M>
+  void reserve_request(const M& model, Index n, MoveWorkspace& ws) const {
+    detail::reserve_request_move(n, static_cast<Index>(model.item_dim()), ws);
+  }
+
+  // explore() on the request passes (top of this file); the item part only. Each step
+  // after the first costs one moved pass (pre0 + W_item r) and its gradient.
+  template <RequestPassModel M>
+  void explore_request(const M& model, Eigen::Ref<const RowVector> base, Eigen::Ref<const RowVector> delta, Rng& rng,
+                       typename M::Workspace& model_ws, MoveWorkspace& ws, Eigen::Ref<RowVector> explored) const {
+    const Index n_cand = base.size(), di = static_cast<Index>(model.item_dim());
+    if (!detail::start_request_move(lambda, di, delta, ws)) {
+      explored = base;
+      return;
+    }
+    const bool random = random_start > 0.0;
+    if (random)
+      for (Index n = 0; n < n_cand; ++n) detail::random_direction(false, rng, ws, n, random_start * ws.radius[n]);
+    for (std::size_t t = 0; t < steps; ++t) {
+      if (t == 0 && !random) {
+        detail::request_gradient(model, false, di, base, model_ws, ws);
+      } else {
+        auto prob = detail::scratch_head(ws.prob, n_cand);
+        detail::request_moved_probabilities(model, n_cand, model_ws, ws, prob);
+        detail::request_gradient(model, true, di, prob, model_ws, ws);
+      }
+      for (Index n = 0; n < n_cand; ++n) {
+        const double eps = ws.radius[n];
+        const double norm = detail::gradient_norm(false, ws, n);
+        if (eps <= 0.0 || norm == 0.0) continue;
+        const double alpha = step_scale * eps / static_cast<double>(steps);
+        detail::add_scaled_gradient(false, ws, n, static_cast<Scalar>(alpha / norm));
+        const double r = detail::move_norm(false, ws, n);
+        if (r > eps) detail::scale_move(false, ws, n, static_cast<Scalar>(eps / r));  // projection
+      }
+    }
+    detail::apply_delta_sign(false, delta, ws);
+    detail::request_moved_probabilities(model, n_cand, model_ws, ws, explored);
+  }
 };
 
 // Ablation "AGE without g~" (Table 2): a uniformly random unit direction instead of the
@@ -297,6 +421,25 @@ struct RandomDirection {
     detail::apply_delta_sign(whole, delta, ws);
     return true;
   }
+
+  bool request_ready() const noexcept { return target == PerturbTarget::items; }
+  template <class M>
+  void reserve_request(const M& model, Index n, MoveWorkspace& ws) const {
+    detail::reserve_request_move(n, static_cast<Index>(model.item_dim()), ws);
+  }
+
+  template <RequestPassModel M>
+  void explore_request(const M& model, Eigen::Ref<const RowVector> base, Eigen::Ref<const RowVector> delta, Rng& rng,
+                       typename M::Workspace& model_ws, MoveWorkspace& ws, Eigen::Ref<RowVector> explored) const {
+    const Index n_cand = base.size();
+    if (!detail::start_request_move(lambda, static_cast<Index>(model.item_dim()), delta, ws)) {
+      explored = base;
+      return;
+    }
+    for (Index n = 0; n < n_cand; ++n) detail::random_direction(false, rng, ws, n, ws.radius[n]);
+    detail::apply_delta_sign(false, delta, ws);
+    detail::request_moved_probabilities(model, n_cand, model_ws, ws, explored);
+  }
 };
 
 // No move: the explored score is the base prediction (uncertainty and gate still reported).
@@ -309,6 +452,14 @@ struct NoPerturbation {
   template <CtrModel M>
   void explore(const M&, ConstMatrixRef, ConstMatrixRef, Eigen::Ref<const RowVector> base, Eigen::Ref<const RowVector>,
                Rng&, typename M::Workspace&, Workspace<M>&, Eigen::Ref<RowVector> explored) const {
+    explored = base;
+  }
+
+  bool request_ready() const noexcept { return true; }
+
+  template <RequestPassModel M>
+  void explore_request(const M&, Eigen::Ref<const RowVector> base, Eigen::Ref<const RowVector>, Rng&,
+                       typename M::Workspace&, Workspace<M>&, Eigen::Ref<RowVector> explored) const {
     explored = base;
   }
 };

@@ -23,9 +23,19 @@
 // thread, in any order. Once warmed up on requests of N candidates, scoring allocates
 // nothing as long as the number of open candidates repeats, and never with
 // set_gather_open(false) (with the library's model and policies).
+//
+// Request passes. With a model that has them (RequestPassModel: Tower, EmbeddingCtrModel)
+// and policies that use them (the library's, when only the item part moves), a request
+// costs one no-dropout pass that every later step reuses: the MC-Dropout samples redo
+// only what a mask changes, the input gradient walks down from the cached pass, and
+// h + dh costs pre0 + W_item dh; the open candidates are narrowed in place
+// (request_select). The scores equal the plain path's up to float rounding, with the same
+// random draws; the workspace's buffers only grow, so once warmed up on the largest N,
+// scoring allocates nothing, whatever the number of open candidates.
 #pragma once
 
 #include <algorithm>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <numeric>
@@ -84,9 +94,27 @@ class AgeScorer {
   AgeScorer(const Model&&, Gate = Gate(), Uncertainty = Uncertainty(), Perturbation = Perturbation(),
             std::uint64_t = 0) = delete;
 
+  // Whether this combination has request passes (see the top of this file); they are
+  // used when, in addition, perturbation().request_ready().
+  static constexpr bool has_request_passes =
+      RequestPassModel<Model> &&
+      requires(const Uncertainty& u, const Perturbation& p, const Model& m, Eigen::Ref<const RowVector> base, Rng& rng,
+               typename Model::Workspace& model_ws, typename Uncertainty::template Workspace<Model>& u_ws,
+               typename Perturbation::template Workspace<Model>& p_ws, Eigen::Ref<RowVector> out) {
+        u.compute_request(m, base, rng, model_ws, u_ws, out);
+        { p.request_ready() } -> std::convertible_to<bool>;
+        p.explore_request(m, base, base, rng, model_ws, p_ws, out);
+      };
+
   // Scores every candidate of `request` into `out` (sized here) and ranks them.
   void score(const Request& request, ScoredRequest& out, Workspace& ws) const {
     check_request(request);
+    if constexpr (has_request_passes) {
+      if (perturbation_.request_ready()) {
+        score_by_request_passes(request, out, ws);
+        return;
+      }
+    }
     const Model& model = *model_;
     const Index n = request.size();
     out.resize(n);
@@ -162,14 +190,82 @@ class AgeScorer {
                           request.impressions.size());
   }
 
+  // score() on the request passes: the same four steps, one no-dropout pass.
+  void score_by_request_passes(const Request& request, ScoredRequest& out, Workspace& ws) const {
+    const Model& model = *model_;
+    const Index n = request.size();
+    out.resize(n);
+
+    // 1. y = f(h | theta), kept in ws.model for the passes below
+    model.begin_request(request.user, request.items, ws.model, out.base);
+    for (Index i = 0; i < n; ++i) out.base[i] = sigmoid(out.base[i]);
+    // 2. delta_y
+    Rng uncertainty_stream = uncertainty_rng(request.id);
+    uncertainty_.compute_request(model, out.base, uncertainty_stream, ws.model, ws.uncertainty, out.delta);
+    // 3. sigma
+    gate_.evaluate(model, request, out.base, ws.gate, std::span<std::uint8_t>(out.gate));
+    // 4. y_e = f(h + sigma * dh): a closed gate keeps the base prediction bit for bit.
+    // Scratch sized for all N first, so that any number of open candidates fits.
+    out.explored = out.base;
+    ws.open.reserve(static_cast<std::size_t>(n));
+    ws.open.clear();
+    for (Index i = 0; i < n; ++i)
+      if (out.gate[static_cast<std::size_t>(i)]) ws.open.push_back(i);
+    const Index k = static_cast<Index>(ws.open.size());
+    detail::scratch_head(ws.base, n);
+    detail::scratch_head(ws.delta, n);
+    detail::scratch_head(ws.explored, n);
+    if constexpr (requires { perturbation_.reserve_request(model, n, ws.perturbation); })
+      perturbation_.reserve_request(model, n, ws.perturbation);
+    Rng perturbation_stream = perturbation_rng(request.id);
+    if (k == n || (k > 0 && !gather_open_)) {
+      auto explored = detail::scratch_head(ws.explored, n);
+      perturbation_.explore_request(model, out.base, out.delta, perturbation_stream, ws.model, ws.perturbation,
+                                    explored);
+      for (Index i : ws.open) out.explored[i] = explored[i];
+    } else if (k > 0) {
+      // Only the open candidates move: the cached pass is narrowed to them in place.
+      model.request_select(std::span<const Index>(ws.open), ws.model);
+      auto base = detail::scratch_head(ws.base, k);
+      auto delta = detail::scratch_head(ws.delta, k);
+      auto explored = detail::scratch_head(ws.explored, k);
+      for (Index j = 0; j < k; ++j) {
+        const Index i = ws.open[static_cast<std::size_t>(j)];
+        base[j] = out.base[i];
+        delta[j] = out.delta[i];
+      }
+      perturbation_.explore_request(model, base, delta, perturbation_stream, ws.model, ws.perturbation, explored);
+      for (Index j = 0; j < k; ++j) out.explored[ws.open[static_cast<std::size_t>(j)]] = explored[j];
+    }
+    rank_in_place(out);
+  }
+
   // The order ScoredRequest::rank() defines (explored descending, ties by lower index),
-  // with an unstable sort on (score, index) so that no merge buffer is allocated.
+  // by sorting integer keys: the score's bits mapped to an unsigned order (descending)
+  // above the candidate's index, in the ranking's own storage (no buffer, no indirection).
+  // NaN scores rank last.
   static void rank_in_place(ScoredRequest& out) {
-    out.ranking.resize(static_cast<std::size_t>(out.explored.size()));
-    std::iota(out.ranking.begin(), out.ranking.end(), Index{0});
+    const Index n = out.explored.size();
+    out.ranking.resize(static_cast<std::size_t>(n));
     const RowVector& e = out.explored;
-    std::sort(out.ranking.begin(), out.ranking.end(),
-              [&e](Index a, Index b) { return e[a] > e[b] || (!(e[b] > e[a]) && a < b); });
+    if (n >= (Index{1} << 32)) {
+      std::iota(out.ranking.begin(), out.ranking.end(), Index{0});
+      std::sort(out.ranking.begin(), out.ranking.end(),
+                [&e](Index a, Index b) { return e[a] > e[b] || (!(e[b] > e[a]) && a < b); });
+      return;
+    }
+    static_assert(sizeof(Index) == sizeof(std::uint64_t));
+    // Signed and unsigned forms of one integer type may alias each other.
+    auto* keys = reinterpret_cast<std::uint64_t*>(out.ranking.data());
+    for (Index i = 0; i < n; ++i) {
+      const Scalar v = e[i] + Scalar(0);  // -0 ranks with +0
+      std::uint32_t bits = std::bit_cast<std::uint32_t>(v);
+      bits = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);  // ascending order of floats
+      if (v != v) bits = 0;                                          // NaN: lowest
+      keys[i] = (static_cast<std::uint64_t>(~bits) << 32) | static_cast<std::uint64_t>(i);
+    }
+    std::sort(keys, keys + n);
+    for (Index i = 0; i < n; ++i) keys[i] &= 0xffffffffu;
   }
 
   // Moves only the open candidates: gathered into contiguous columns, explored as one

@@ -10,6 +10,12 @@
 //       draw all randomness from `rng`.
 // delta_y is SIGNED for Thompson sampling (a negative delta moves the embedding against
 // the gradient) and >= 0 for UCB.
+//
+// Optionally, for a model with request passes (RequestPassModel, age/model/tower.hpp),
+//   u.compute_request(model, base, rng, model_ws, ws, delta)
+// does the same on the request cached in model_ws by model.begin_request(), so that every
+// mask sample reuses the no-dropout pass; the AGE scorer uses it when it exists. Same
+// random draws, same values up to float rounding.
 #pragma once
 
 #include <cmath>
@@ -41,6 +47,13 @@ inline Index mask_columns(bool per_candidate, Index n) { return per_candidate ? 
 inline void check_positive_samples(std::size_t samples) {
   if (samples == 0) throw ConfigError("McDropoutUcb.samples: expected >= 1, got 0");
 }
+
+// 1 / (1 + exp(-z)) as one vectorised expression (exp saturates, so no NaN for large |z|);
+// agrees with age::sigmoid to float rounding. For the many MC-Dropout samples.
+template <class A>
+auto vector_sigmoid(const A& z) {
+  return (Scalar(1) + (-z).exp()).inverse();
+}
 }  // namespace detail
 
 // Thompson sampling by MC-Dropout: ONE dropout mask on theta, and the signed difference
@@ -64,6 +77,15 @@ struct McDropoutTs {
     model.sample_mask(rate, detail::mask_columns(per_candidate_masks, items.cols()), rng, ws.mask);
     predict_probabilities(model, user, items, &ws.mask, model_ws, delta);
     delta -= base;
+  }
+
+  template <class M>
+    requires DropoutCtrModel<M> && RequestPassModel<M>
+  void compute_request(const M& model, Eigen::Ref<const RowVector> base, Rng& rng, typename M::Workspace& model_ws,
+                       Workspace<M>& ws, Eigen::Ref<RowVector> delta) const {
+    model.sample_mask(rate, detail::mask_columns(per_candidate_masks, base.size()), rng, ws.mask);
+    model.request_logits(&ws.mask, model_ws, delta);
+    delta.array() = detail::vector_sigmoid(delta.array()) - base.array();
   }
 };
 
@@ -104,6 +126,23 @@ struct McDropoutUcb {
     delta /= static_cast<Scalar>(samples);
     if (sqrt) delta = delta.cwiseSqrt();
   }
+
+  template <class M>
+    requires DropoutCtrModel<M> && RequestPassModel<M>
+  void compute_request(const M& model, Eigen::Ref<const RowVector> base, Rng& rng, typename M::Workspace& model_ws,
+                       Workspace<M>& ws, Eigen::Ref<RowVector> delta) const {
+    const Index n = base.size();
+    const Index columns = detail::mask_columns(per_candidate_masks, n);
+    auto sample = detail::scratch_head(ws.sample, n);  // grows only: no allocation when n varies
+    delta.setZero();
+    for (std::size_t s = 0; s < samples; ++s) {
+      model.sample_mask(rate, columns, rng, ws.mask);
+      model.request_logits(&ws.mask, model_ws, sample);
+      delta.array() += (detail::vector_sigmoid(sample.array()) - base.array()).square();
+    }
+    delta /= static_cast<Scalar>(samples);
+    if (sqrt) delta = delta.cwiseSqrt();
+  }
 };
 
 // Ablation "AGE without delta_y" (Table 2): Gaussian noise of the same scale replaces the
@@ -136,6 +175,22 @@ struct GaussianNoise {
     if (s == 0.0) {
       if constexpr (DropoutCtrModel<M>) {
         McDropoutTs{rate, per_candidate_masks}.compute(model, user, items, base, rng, model_ws, ws.ts, delta);
+        s = std::sqrt(static_cast<double>(delta.squaredNorm()) / static_cast<double>(delta.size()));
+      } else {
+        throw ConfigError("GaussianNoise.scale: expected > 0 for a model without dropout masks, got 0");
+      }
+    }
+    for (Index i = 0; i < delta.size(); ++i) delta[i] = static_cast<Scalar>(s * rng.normal());
+  }
+
+  template <class M>
+    requires RequestPassModel<M>
+  void compute_request(const M& model, Eigen::Ref<const RowVector> base, Rng& rng, typename M::Workspace& model_ws,
+                       Workspace<M>& ws, Eigen::Ref<RowVector> delta) const {
+    double s = scale;
+    if (s == 0.0) {
+      if constexpr (DropoutCtrModel<M>) {
+        McDropoutTs{rate, per_candidate_masks}.compute_request(model, base, rng, model_ws, ws.ts, delta);
         s = std::sqrt(static_cast<double>(delta.squaredNorm()) / static_cast<double>(delta.size()));
       } else {
         throw ConfigError("GaussianNoise.scale: expected > 0 for a model without dropout masks, got 0");

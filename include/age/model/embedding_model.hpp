@@ -81,6 +81,28 @@ class EmbeddingCtrModel {
     tower_.sample_mask(p, columns, rng, mask);
   }
 
+  // Request passes (RequestPassModel, age/model/tower.hpp): one no-dropout pass per
+  // request, reused by the dropout, gradient and moved passes of the explorers.
+  void begin_request(ConstMatrixRef user, ConstMatrixRef items, TowerWorkspace& ws, Eigen::Ref<RowVector> out) const {
+    tower_.begin_request(user, items, ws, out);
+  }
+  Index request_size(const TowerWorkspace& ws) const { return tower_.request_size(ws); }
+  void request_select(std::span<const Index> keep, TowerWorkspace& ws) const { tower_.request_select(keep, ws); }
+  void request_logits(const DropoutMask* mask, TowerWorkspace& ws, Eigen::Ref<RowVector> out) const {
+    tower_.request_logits(mask, ws, out);
+  }
+  void request_item_gradient(Eigen::Ref<const RowVector> d_logit, TowerWorkspace& ws,
+                             Eigen::Ref<Matrix> d_items) const {
+    tower_.request_item_gradient(d_logit, ws, d_items);
+  }
+  void request_moved_logits(ConstMatrixRef d_items, TowerWorkspace& ws, Eigen::Ref<RowVector> out) const {
+    tower_.request_moved_logits(d_items, ws, out);
+  }
+  void request_moved_item_gradient(Eigen::Ref<const RowVector> d_logit, TowerWorkspace& ws,
+                                   Eigen::Ref<Matrix> d_items) const {
+    tower_.request_moved_item_gradient(d_logit, ws, d_items);
+  }
+
  private:
   EmbeddingTables tables_;
   Tower tower_;

@@ -5,10 +5,30 @@
 // computed once and shared by all N candidates (DESIGN.md, "Data flow of one request"),
 // and so that the gradient with respect to the item part alone is one product W_item^T * d.
 // All passes run on a whole batch: the candidates are the columns of every matrix.
+//
+// Request passes. Exploration scores one request many times: the no-dropout pass, one or
+// 20 MC-Dropout passes, the input gradient, and passes at h + dh with only the item part
+// moved. begin_request() runs the no-dropout pass and keeps its per-layer pre-activations
+// in the workspace; the request_* passes then reuse them:
+//   - a dropout mask acts on the hidden units, so the first layer's pre-activation is the
+//     same under every mask; with a mask shared by the candidates, the next layer's
+//     pre-activation differs from the cached one only through the few units whose mask
+//     value differs from the common scale s = 1 / (1 - p) (p H0 ~ 2.6 of 256 at p = 0.01):
+//       W1 (m .* a0) = s (pre1 - b1) + b1 + sum_{j: m_j != s} (m_j - s) W1[:, j] a0[j, :]
+//     (a rank-|J| update instead of a full product; exact up to float rounding);
+//   - the input gradient at h walks down from the cached pre-activations (no forward);
+//   - a move of the item part changes layer 0 by W_item dh only:
+//       pre0(h + dh) = pre0(h) + W_item dh
+//     (also more precise than recomputing W_item (items + dh) when dh is tiny).
+// Their scratch only grows, so a warmed-up workspace serves any request size up to the
+// largest seen, and any subset of the candidates (request_select), without allocating.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
+#include <concepts>
 #include <cstddef>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -32,9 +52,23 @@ struct TowerGradients {
   std::vector<Vector> biases;
 };
 
+// Scratch of the request passes (Tower::begin_request and the request_* passes).
+struct TowerRequestScratch {
+  Index columns = 0;         // candidates in the cached request (after request_select)
+  bool active = false;       // begin_request() ran and no other pass overwrote the cache
+  std::vector<Matrix> pre;   // per layer: pre-activations of the last masked or moved pass
+  std::vector<Matrix> act;   // per hidden layer: activations, then backward scratch
+  std::vector<Index> changed;  // hidden-0 units whose mask value is not the common scale
+  RowVector logits;          // the no-dropout logits of the request's candidates
+  Vector output_weights;     // w_out with a shared mask of the top hidden layer folded in
+  bool moved_valid = false;  // pre holds a moved pass (request_moved_item_gradient reads it)
+};
+
 // Caller-owned scratch space for the passes of one thread. Holds the cached
 // pre-activations and activations of the last forward pass, which backward() reads.
 // Sized on first use; reused without allocation while the batch shape stays the same.
+// A forward pass (forward, logits, probability_gradient) ends a request started by
+// Tower::begin_request on the same workspace.
 struct TowerWorkspace {
   Vector user_pre;             // W_user * user + b0, when the user column is shared
   std::vector<Matrix> pre;     // pre-activation of each layer (last: 1 x N logits)
@@ -44,10 +78,24 @@ struct TowerWorkspace {
   const DropoutMask* mask = nullptr;  // mask of the last forward pass
   bool shared_user = true;
   Index batch = 0;
+  TowerRequestScratch request;
 
   // Logits of the last forward pass (N), as a row.
   auto logits() const { return pre.back().row(0); }
 };
+
+namespace detail {
+// Grow-only scratch: the first `cols` columns of m, which is reallocated only when it has
+// another row count or fewer columns. The block is contiguous (whole columns).
+inline auto scratch_cols(Matrix& m, Index rows, Index cols) {
+  if (m.rows() != rows || m.cols() < cols) m.resize(rows, cols);
+  return m.leftCols(cols);
+}
+inline auto scratch_head(RowVector& v, Index n) {
+  if (v.size() < n) v.resize(n);
+  return v.head(n);
+}
+}  // namespace detail
 
 class Tower {
  public:
@@ -119,30 +167,32 @@ class Tower {
     ws.mask = (mask && !mask->empty()) ? mask : nullptr;
     ws.shared_user = user.cols() == 1;
     ws.batch = n;
+    ws.request.active = false;
 
-    // Layer 0, split: W_item * items + (W_user * user + b0).
+    // Layer 0, split: (W_user * user + b0) + W_item * items. The constant part is
+    // broadcast first and the product accumulated onto it: one pass over pre0 less.
     const Index du = static_cast<Index>(user_dim_), di = static_cast<Index>(item_dim_);
     const auto w_user = weights_[0].leftCols(du);
     const auto w_item = weights_[0].rightCols(di);
     Matrix& pre0 = ws.pre[0];
     pre0.resize(weights_[0].rows(), n);
-    pre0.noalias() = w_item * items;
     if (ws.shared_user) {
       ws.user_pre.resize(weights_[0].rows());
       ws.user_pre.noalias() = w_user * user.col(0);
       ws.user_pre += biases_[0];
-      pre0.colwise() += ws.user_pre;
+      pre0.colwise() = ws.user_pre;
     } else {
+      pre0.colwise() = biases_[0];
       if (du > 0) pre0.noalias() += w_user * user;
-      pre0.colwise() += biases_[0];
     }
+    pre0.noalias() += w_item * items;
 
     for (std::size_t l = 0; l < layers; ++l) {
       if (l > 0) {
         Matrix& pre = ws.pre[l];
         pre.resize(weights_[l].rows(), n);
-        pre.noalias() = weights_[l] * ws.act[l - 1];
-        pre.colwise() += biases_[l];
+        pre.colwise() = biases_[l];
+        pre.noalias() += weights_[l] * ws.act[l - 1];
       }
       if (l < hidden_.size()) activate(l, ws);
     }
@@ -228,6 +278,180 @@ class Tower {
     backward(ws.d_logit, user, items, ws, nullptr, d_user, d_items);
   }
 
+  // --- Request passes (see the top of this file) -----------------------------------------
+  // Every request_* pass reads the request that begin_request() cached in `ws` (an
+  // InputError if there is none) and works on its k = request_size() candidates.
+
+  // Starts a request: the no-dropout pass forward(user, items, nullptr, ws), whose
+  // pre-activations and activations stay in ws; its logits (N) into `out`. The request
+  // lasts until the next forward pass on ws.
+  void begin_request(ConstMatrixRef user, ConstMatrixRef items, TowerWorkspace& ws, Eigen::Ref<RowVector> out) const {
+    forward(user, items, nullptr, ws);
+    detail::require_dim("begin_request: logits output length", static_cast<std::size_t>(items.cols()),
+                        static_cast<std::size_t>(out.size()));
+    out = ws.logits();
+    TowerRequestScratch& rq = ws.request;
+    rq.columns = items.cols();
+    rq.active = true;
+    rq.moved_valid = false;
+    // Every scratch buffer sized now for N, whichever passes follow (which ones, and on how
+    // many candidates, changes from request to request): none allocates afterwards.
+    prepare(rq);
+    for (std::size_t l = 0; l < weights_.size(); ++l) {
+      detail::scratch_cols(rq.pre[l], weights_[l].rows(), rq.columns);
+      if (l < hidden_.size()) detail::scratch_cols(rq.act[l], weights_[l].rows(), rq.columns);
+    }
+    detail::scratch_head(rq.logits, rq.columns) = out;
+    if (!hidden_.empty()) rq.output_weights.resize(static_cast<Index>(hidden_.back()));
+  }
+
+  // Candidates in the request: N, or fewer after request_select().
+  Index request_size(const TowerWorkspace& ws) const {
+    require_request(ws, "request_size");
+    return ws.request.columns;
+  }
+
+  // Keeps only the candidates at positions `keep` (strictly increasing, relative to the
+  // current request), in that order, e.g. those whose gate is open. The cached
+  // pre-activations are narrowed in place (ws.act is not: backward() has no meaning on
+  // this workspace until its next forward pass).
+  void request_select(std::span<const Index> keep, TowerWorkspace& ws) const {
+    require_request(ws, "request_select");
+    const Index k = static_cast<Index>(keep.size());
+    Index previous = -1;
+    for (Index j = 0; j < k; ++j) {
+      const Index i = keep[static_cast<std::size_t>(j)];
+      if (i <= previous || i >= ws.request.columns)
+        throw InputError("request_select: keep[" + std::to_string(j) + "]: expected a position in (" +
+                         std::to_string(previous) + ", " + std::to_string(ws.request.columns) + "), got " +
+                         std::to_string(i));
+      previous = i;
+      if (i == j) continue;
+      // j < i: moving columns leftwards in increasing order never overwrites a kept one.
+      // The request passes read the pre-activations only (the activations are ReLU(pre)),
+      // so only these move.
+      for (Matrix& m : ws.pre) m.col(j) = m.col(i);
+      ws.request.logits[j] = ws.request.logits[i];
+    }
+    ws.request.columns = k;
+    ws.request.moved_valid = false;
+  }
+
+  // Logits of the request's candidates under a dropout mask (1 or request_size() columns;
+  // nullptr or empty: no dropout) into `out`. Layer 0 is not recomputed (a mask on the
+  // hidden units leaves its pre-activation unchanged); with a mask shared by the
+  // candidates, layer 1 is the cached one plus a rank-|J| update (top of this file).
+  void request_logits(const DropoutMask* mask, TowerWorkspace& ws, Eigen::Ref<RowVector> out) const {
+    require_request(ws, "request_logits");
+    TowerRequestScratch& rq = ws.request;
+    const Index k = rq.columns;
+    detail::require_dim("request_logits: output length", static_cast<std::size_t>(k),
+                        static_cast<std::size_t>(out.size()));
+    rq.moved_valid = false;
+    if (!mask || mask->empty() || hidden_.empty()) {
+      out = rq.logits.head(k);
+      return;
+    }
+    check_mask(*mask, k);
+    const std::size_t top = hidden_.size() - 1;  // the last hidden layer
+    const Scalar b_out = biases_[top + 1][0];
+    // A shared mask on the top hidden layer folds into the output weights, and the logit
+    // of a candidate is then one dot product with its top pre-activation's ReLU.
+    const bool fold_top = top > 0 && mask->layers[top].cols() == 1;
+    if (fold_top) rq.output_weights = weights_[top + 1].row(0).transpose().cwiseProduct(mask->layers[top].col(0));
+    // Layer 1's pre-activation under the mask of hidden layer 0 (layer 0's is unchanged).
+    auto p1 = detail::scratch_cols(rq.pre[1], weights_[1].rows(), k);
+    Scalar s = 0;
+    const bool sparse = changed_units(mask->layers[0], rq, s);
+    if (sparse && fold_top && top == 1) {
+      // The 2-hidden-layer tower: each candidate's column, then its logit, in one go.
+      for (Index n = 0; n < k; ++n) {
+        auto col = p1.col(n);
+        sparse_column(mask->layers[0], s, n, ws, col);
+        out[n] = rq.output_weights.dot(col.cwiseMax(Scalar(0))) + b_out;
+      }
+      return;
+    }
+    if (sparse) {
+      for (Index n = 0; n < k; ++n) sparse_column(mask->layers[0], s, n, ws, p1.col(n));
+    } else {
+      auto a = detail::scratch_cols(rq.act[0], weights_[0].rows(), k);
+      a = ws.pre[0].leftCols(k).cwiseMax(Scalar(0));
+      apply_mask(mask->layers[0], a);
+      p1.colwise() = biases_[1];
+      p1.noalias() += weights_[1] * a;
+    }
+    if (top == 0) {  // layer 1 was the output
+      out = p1.row(0);
+      return;
+    }
+    for (std::size_t l = 1; l < top; ++l) {
+      auto a = detail::scratch_cols(rq.act[l], weights_[l].rows(), k);
+      a = rq.pre[l].leftCols(k).cwiseMax(Scalar(0));
+      apply_mask(mask->layers[l], a);
+      auto p = detail::scratch_cols(rq.pre[l + 1], weights_[l + 1].rows(), k);
+      p.colwise() = biases_[l + 1];
+      p.noalias() += weights_[l + 1] * a;
+    }
+    if (fold_top) {
+      for (Index n = 0; n < k; ++n) out[n] = rq.output_weights.dot(rq.pre[top].col(n).cwiseMax(Scalar(0))) + b_out;
+    } else {
+      auto a = detail::scratch_cols(rq.act[top], weights_[top].rows(), k);
+      a = rq.pre[top].leftCols(k).cwiseMax(Scalar(0));
+      apply_mask(mask->layers[top], a);
+      auto p = detail::scratch_cols(rq.pre[top + 1], 1, k);
+      p.setConstant(b_out);
+      p.noalias() += weights_[top + 1] * a;
+      out = p.row(0);
+    }
+  }
+
+  // Gradient of sum_n d_logit[n] z_n with respect to the items at the request's cached
+  // no-dropout point, item_dim x k, into d_items (sized by the caller). With
+  // d_logit = y (1 - y) it is dy/d(items), as probability_gradient() gives it.
+  void request_item_gradient(Eigen::Ref<const RowVector> d_logit, TowerWorkspace& ws,
+                             Eigen::Ref<Matrix> d_items) const {
+    require_request(ws, "request_item_gradient");
+    prepare(ws.request);
+    item_gradient(ws.pre, d_logit, ws.request, d_items);
+  }
+
+  // Logits at h + dh with only the item part moved (d_items: item_dim x k), from the
+  // cached layer-0 pre-activation: pre0 + W_item dh. The pass stays in ws for
+  // request_moved_item_gradient().
+  void request_moved_logits(ConstMatrixRef d_items, TowerWorkspace& ws, Eigen::Ref<RowVector> out) const {
+    require_request(ws, "request_moved_logits");
+    TowerRequestScratch& rq = ws.request;
+    const Index k = rq.columns;
+    detail::require_dim("request_moved_logits: move rows (item_dim)", item_dim_, static_cast<std::size_t>(d_items.rows()));
+    detail::require_dim("request_moved_logits: move columns (candidates)", static_cast<std::size_t>(k),
+                        static_cast<std::size_t>(d_items.cols()));
+    detail::require_dim("request_moved_logits: output length", static_cast<std::size_t>(k),
+                        static_cast<std::size_t>(out.size()));
+    prepare(rq);
+    auto p0 = detail::scratch_cols(rq.pre[0], weights_[0].rows(), k);
+    p0 = ws.pre[0].leftCols(k);
+    p0.noalias() += weights_[0].rightCols(static_cast<Index>(item_dim_)) * d_items;
+    for (std::size_t l = 0; l < hidden_.size(); ++l) {
+      auto a = detail::scratch_cols(rq.act[l], weights_[l].rows(), k);
+      a = rq.pre[l].leftCols(k).cwiseMax(Scalar(0));
+      auto p = detail::scratch_cols(rq.pre[l + 1], weights_[l + 1].rows(), k);
+      p.colwise() = biases_[l + 1];
+      p.noalias() += weights_[l + 1] * a;
+    }
+    out = rq.pre.back().row(0).head(k);
+    rq.moved_valid = true;
+  }
+
+  // request_item_gradient() at the point of the last request_moved_logits().
+  void request_moved_item_gradient(Eigen::Ref<const RowVector> d_logit, TowerWorkspace& ws,
+                                   Eigen::Ref<Matrix> d_items) const {
+    require_request(ws, "request_moved_item_gradient");
+    if (!ws.request.moved_valid)
+      throw InputError("request_moved_item_gradient: expected a request_moved_logits() pass before, got none");
+    item_gradient(ws.request.pre, d_logit, ws.request, d_items);
+  }
+
  private:
   void check_inputs(ConstMatrixRef user, ConstMatrixRef items, const DropoutMask* mask) const {
     detail::require_dim("tower input: user rows (user_dim)", user_dim_, static_cast<std::size_t>(user.rows()));
@@ -236,19 +460,98 @@ class Tower {
     if (user.cols() != 1 && user.cols() != items.cols())
       throw DimensionError("tower input: user columns: expected 1 or " + std::to_string(items.cols()) +
                            ", got " + std::to_string(user.cols()));
-    if (mask && !mask->empty()) {
-      detail::require_dim("dropout mask: number of layers", hidden_.size(), mask->layers.size());
-      for (std::size_t l = 0; l < hidden_.size(); ++l) {
-        // Messages are built only on failure: this check runs on every scoring pass.
-        const Matrix& m = mask->layers[l];
-        if (static_cast<std::size_t>(m.rows()) != hidden_[l])
-          throw DimensionError(detail::mismatch("dropout mask layer " + std::to_string(l) + " rows", hidden_[l],
-                                                static_cast<std::size_t>(m.rows())));
-        if (m.cols() != 1 && m.cols() != items.cols())
-          throw DimensionError("dropout mask layer " + std::to_string(l) + " columns: expected 1 or " +
-                               std::to_string(items.cols()) + ", got " + std::to_string(m.cols()));
-      }
+    if (mask && !mask->empty()) check_mask(*mask, items.cols());
+  }
+
+  void check_mask(const DropoutMask& mask, Index n) const {
+    detail::require_dim("dropout mask: number of layers", hidden_.size(), mask.layers.size());
+    for (std::size_t l = 0; l < hidden_.size(); ++l) {
+      // Messages are built only on failure: this check runs on every scoring pass.
+      const Matrix& m = mask.layers[l];
+      if (static_cast<std::size_t>(m.rows()) != hidden_[l])
+        throw DimensionError(detail::mismatch("dropout mask layer " + std::to_string(l) + " rows", hidden_[l],
+                                              static_cast<std::size_t>(m.rows())));
+      if (m.cols() != 1 && m.cols() != n)
+        throw DimensionError("dropout mask layer " + std::to_string(l) + " columns: expected 1 or " +
+                             std::to_string(n) + ", got " + std::to_string(m.cols()));
     }
+  }
+
+  void require_request(const TowerWorkspace& ws, const char* pass) const {
+    if (!ws.request.active || ws.pre.size() != weights_.size() || ws.act.size() != hidden_.size())
+      throw InputError(std::string(pass) +
+                       ": request on this workspace: expected one started by begin_request() and not ended by a "
+                       "forward pass since, got none");
+  }
+
+  void prepare(TowerRequestScratch& rq) const {
+    // No allocation once sized: resize() to the same length and reserve() within the
+    // capacity are no-ops.
+    rq.pre.resize(weights_.size());
+    rq.act.resize(hidden_.size());
+    if (!hidden_.empty()) rq.changed.reserve(hidden_[0]);
+  }
+
+  // Layer 1's pre-activation under the mask m of hidden layer 0, from the cached no-dropout
+  // pre1 = W1 a0 + b1 (a0 = ReLU(pre0)): with s the mask's largest value and J the units
+  // where m_j != s,
+  //   W1 (m .* a0) + b1 = s pre1 + (1 - s) b1 + sum_{j in J} (m_j - s) W1[:, j] a0[j, :]
+  // Used when m is shared (one column) and |J| <= H0 / 4 (p = 0.01: ~2.6 of 256 units).
+  // changed_units() finds s and J (false: use the dense product); sparse_column() writes
+  // candidate n's column.
+  bool changed_units(const Matrix& m0, TowerRequestScratch& rq, Scalar& s) const {
+    if (m0.cols() != 1) return false;
+    const auto m = m0.col(0);
+    const Index h0 = m.size();
+    s = m.maxCoeff();
+    rq.changed.clear();
+    for (Index j = 0; j < h0; ++j) {
+      if (m[j] == s) continue;
+      if (static_cast<Index>(rq.changed.size()) * 4 >= h0) return false;
+      rq.changed.push_back(j);
+    }
+    return true;
+  }
+  template <class Col>
+  void sparse_column(const Matrix& m0, Scalar s, Index n, const TowerWorkspace& ws, Col&& col) const {
+    const Matrix& pre0 = ws.pre[0];
+    const Matrix& w1 = weights_[1];
+    col = s * ws.pre[1].col(n) + (Scalar(1) - s) * biases_[1];
+    for (Index j : ws.request.changed) {
+      const Scalar a = pre0(j, n);
+      if (a > Scalar(0)) col += ((m0(j, 0) - s) * a) * w1.col(j);
+    }
+  }
+
+  // The input gradient from the per-layer pre-activations `pre` of a no-dropout pass
+  // (the cached one or a moved one): down from d_logit through each ReLU, then W_item^T.
+  void item_gradient(const std::vector<Matrix>& pre, Eigen::Ref<const RowVector> d_logit, TowerRequestScratch& rq,
+                     Eigen::Ref<Matrix> g) const {
+    const Index k = rq.columns;
+    const Index di = static_cast<Index>(item_dim_);
+    detail::require_dim("item gradient: d_logit length", static_cast<std::size_t>(k),
+                        static_cast<std::size_t>(d_logit.size()));
+    detail::require_dim("item gradient: output rows (item_dim)", item_dim_, static_cast<std::size_t>(g.rows()));
+    detail::require_dim("item gradient: output columns (candidates)", static_cast<std::size_t>(k),
+                        static_cast<std::size_t>(g.cols()));
+    const auto w_item = weights_[0].rightCols(di);
+    const std::size_t hidden = hidden_.size();
+    if (hidden == 0) {
+      for (Index n = 0; n < k; ++n) g.col(n) = d_logit[n] * w_item.row(0).transpose();
+      return;
+    }
+    // d(pre) of the top hidden layer: w_out^T d_logit through its ReLU.
+    const std::size_t top = hidden - 1;
+    const auto w_out = weights_[hidden].row(0);
+    auto d = detail::scratch_cols(rq.act[top], weights_[top].rows(), k);
+    for (Index n = 0; n < k; ++n)
+      d.col(n) = (pre[top].col(n).array() > Scalar(0)).select(d_logit[n] * w_out.transpose().array(), Scalar(0));
+    for (std::size_t l = top; l > 0; --l) {
+      auto below = detail::scratch_cols(rq.act[l - 1], weights_[l - 1].rows(), k);
+      below.noalias() = weights_[l].transpose() * rq.act[l].leftCols(k);
+      below = (pre[l - 1].leftCols(k).array() > Scalar(0)).select(below, Scalar(0));
+    }
+    g.noalias() = w_item.transpose() * rq.act[0].leftCols(k);
   }
 
   // act_l = ReLU(pre_l), times the dropout mask when there is one.
@@ -265,7 +568,8 @@ class Tower {
     if (ws.mask) apply_mask(ws.mask->layers[l], d);
   }
 
-  static void apply_mask(const Matrix& m, Matrix& x) {
+  template <class X>
+  static void apply_mask(const Matrix& m, X&& x) {
     if (m.cols() == 1)
       x.array().colwise() *= m.col(0).array();
     else
@@ -277,5 +581,23 @@ class Tower {
   std::vector<Matrix> weights_;
   std::vector<Vector> biases_;
 };
+
+// The optional request passes of a CtrModel (age/model/ctr_model.hpp), as Tower and
+// EmbeddingCtrModel offer them (see the top of this file): the explorers use them to
+// reuse one no-dropout pass per request, and fall back to the plain CtrModel passes for
+// a model without them. Both give the same scores up to float rounding.
+template <class M>
+concept RequestPassModel =
+    requires(const M& m, ConstMatrixRef user, ConstMatrixRef items, const typename M::Mask* mask,
+             typename M::Workspace& ws, Eigen::Ref<RowVector> out, Eigen::Ref<const RowVector> d_logit,
+             Eigen::Ref<Matrix> d_items, std::span<const Index> keep) {
+      m.begin_request(user, items, ws, out);
+      { m.request_size(ws) } -> std::convertible_to<Index>;
+      m.request_logits(mask, ws, out);
+      m.request_select(keep, ws);
+      m.request_item_gradient(d_logit, ws, d_items);
+      m.request_moved_logits(items, ws, out);
+      m.request_moved_item_gradient(d_logit, ws, d_items);
+    };
 
 }  // namespace age

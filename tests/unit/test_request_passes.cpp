@@ -1,0 +1,258 @@
+// The tower's request passes (age/model/tower.hpp): one no-dropout pass per request,
+// reused by the MC-Dropout, gradient and moved passes. Each must agree with the plain
+// pass it replaces (forward on the full input), across tower shapes, mask kinds (the
+// sparse rank-|J| update and the dense fallback), shared and per-candidate users, after
+// narrowing to a subset of candidates; and the gradients with finite differences.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "age/model/embedding_model.hpp"
+#include "age/model/tower.hpp"
+
+using namespace age;
+
+namespace {
+
+struct Shape {
+  std::size_t user_dim, item_dim;
+  std::vector<std::size_t> hidden;
+};
+
+std::vector<Shape> shapes() {
+  return {{5, 4, {16, 8}}, {0, 6, {12}}, {3, 5, {10, 7, 6}}, {4, 3, {}}, {16, 8, {64, 16}}};
+}
+
+std::string describe(const Shape& s) {
+  std::ostringstream d;
+  d << s.user_dim << "+" << s.item_dim;
+  for (auto h : s.hidden) d << "-" << h;
+  d << "-1";
+  return d.str();
+}
+
+Matrix random_matrix(Index rows, Index cols, Rng& rng) {
+  Matrix m(rows, cols);
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<Scalar>(rng.normal());
+  return m;
+}
+
+// Largest |a - b| relative to max(1, |b|).
+Scalar max_rel_diff(const RowVector& a, const RowVector& b) {
+  Scalar worst = 0;
+  for (Index i = 0; i < a.size(); ++i)
+    worst = std::max(worst, std::abs(a[i] - b[i]) / std::max(Scalar(1), std::abs(b[i])));
+  return worst;
+}
+Scalar max_rel_diff(const Matrix& a, const Matrix& b) {
+  const Scalar scale = std::max(Scalar(1e-3), b.cwiseAbs().maxCoeff());
+  return (a - b).cwiseAbs().maxCoeff() / scale;
+}
+
+RowVector probabilities_of(const RowVector& z) {
+  RowVector p(z.size());
+  for (Index i = 0; i < z.size(); ++i) p[i] = sigmoid(z[i]);
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("request passes agree with the plain passes", "[request]") {
+  const Index n = 9;
+  for (const Shape& shape : shapes()) {
+    for (bool shared_user : {true, false}) {
+      INFO(describe(shape) << (shared_user ? ", shared user" : ", per-candidate users"));
+      Rng rng(31 + shape.hidden.size());
+      Tower tower(shape.user_dim, shape.item_dim, shape.hidden);
+      tower.initialize(rng);
+      const Matrix user = random_matrix(static_cast<Index>(shape.user_dim), shared_user ? 1 : n, rng);
+      const Matrix items = random_matrix(static_cast<Index>(shape.item_dim), n, rng);
+
+      TowerWorkspace ws, plain;
+      RowVector z(n), expected(n);
+      tower.begin_request(user, items, ws, z);
+      tower.logits(user, items, nullptr, plain, expected);
+      CHECK(z == expected);  // the same pass, bit for bit
+      CHECK(tower.request_size(ws) == n);
+
+      {  // dropout passes: sparse update, dense fallback, per-candidate masks
+        // p = 0.01 and 0.2 take the rank-|J| update on most masks, 0.6 the dense path.
+        for (double p : {0.01, 0.2, 0.6}) {
+          for (Index columns : {Index{1}, n}) {
+            for (int draw = 0; draw < 4; ++draw) {
+              DropoutMask mask;
+              tower.sample_mask(p, columns, rng, mask);
+              tower.request_logits(&mask, ws, z);
+              tower.logits(user, items, &mask, plain, expected);
+              INFO("p = " << p << ", mask columns " << columns);
+              CHECK(max_rel_diff(z, expected) < 1e-6f);
+            }
+          }
+        }
+        // No mask: the cached logits.
+        tower.request_logits(nullptr, ws, z);
+        tower.logits(user, items, nullptr, plain, expected);
+        CHECK(z == expected);
+      }
+
+      {  // input gradient at h and at h + dh, and the moved logits
+        tower.begin_request(user, items, ws, z);
+        const RowVector prob = probabilities_of(z);
+        RowVector d_logit(n);
+        for (Index i = 0; i < n; ++i) d_logit[i] = prob[i] * (1 - prob[i]);
+        Matrix g(static_cast<Index>(shape.item_dim), n), g_plain;
+        RowVector p_plain(n);
+        tower.request_item_gradient(d_logit, ws, g);
+        tower.probability_gradient(user, items, nullptr, plain, p_plain, &g_plain);
+        CHECK(max_rel_diff(g, g_plain) < 1e-6f);
+
+        // A move of moderate size, so that it changes the ReLU pattern of some units.
+        const Matrix dh = Scalar(0.3) * random_matrix(items.rows(), n, rng);
+        const Matrix moved = items + dh;
+        tower.request_moved_logits(dh, ws, z);
+        tower.logits(user, moved, nullptr, plain, expected);
+        CHECK(max_rel_diff(z, expected) < 2e-6f);
+
+        const RowVector moved_prob = probabilities_of(z);
+        for (Index i = 0; i < n; ++i) d_logit[i] = moved_prob[i] * (1 - moved_prob[i]);
+        tower.request_moved_item_gradient(d_logit, ws, g);
+        tower.probability_gradient(user, moved, nullptr, plain, p_plain, &g_plain);
+        CHECK(max_rel_diff(g, g_plain) < 1e-5f);
+      }
+
+      {  // narrowed to a subset of the candidates
+        const std::vector<Index> keep{0, 3, 4, 8};
+        const Index k = static_cast<Index>(keep.size());
+        Matrix sub_items(items.rows(), k), sub_user(user.rows(), shared_user ? 1 : k);
+        for (Index j = 0; j < k; ++j) {
+          sub_items.col(j) = items.col(keep[static_cast<std::size_t>(j)]);
+          if (!shared_user) sub_user.col(j) = user.col(keep[static_cast<std::size_t>(j)]);
+        }
+        if (shared_user) sub_user = user;
+        tower.request_select(keep, ws);
+        REQUIRE(tower.request_size(ws) == k);
+
+        RowVector zk(k), ek(k);
+        DropoutMask mask;
+        tower.sample_mask(0.05, 1, rng, mask);
+        tower.request_logits(&mask, ws, zk);
+        tower.logits(sub_user, sub_items, &mask, plain, ek);
+        CHECK(max_rel_diff(zk, ek) < 1e-6f);
+
+        const Matrix dh = Scalar(0.1) * random_matrix(items.rows(), k, rng);
+        tower.request_moved_logits(dh, ws, zk);
+        tower.logits(sub_user, sub_items + dh, nullptr, plain, ek);
+        CHECK(max_rel_diff(zk, ek) < 2e-6f);
+
+        RowVector ones = RowVector::Ones(k), p_plain(k);
+        Matrix g(items.rows(), k), g_plain;
+        tower.request_item_gradient(ones, ws, g);
+        // d logit / d items = d prob / d items / (y (1 - y)).
+        tower.probability_gradient(sub_user, sub_items, nullptr, plain, p_plain, &g_plain);
+        for (Index j = 0; j < k; ++j) g_plain.col(j) /= p_plain[j] * (1 - p_plain[j]);
+        CHECK(max_rel_diff(g, g_plain) < 1e-5f);
+      }
+    }
+  }
+}
+
+TEST_CASE("request gradients match finite differences of the moved logits", "[request]") {
+  // d z / d items at h + dh, from request_moved_item_gradient, against central differences
+  // of request_moved_logits in dh (which must equal the logit at items + dh). Entries whose
+  // step crosses a ReLU kink are skipped (at most a few).
+  Rng rng(77);
+  Tower tower(6, 5, {24, 12});
+  tower.initialize(rng);
+  const Index n = 4;
+  const Matrix user = random_matrix(6, 1, rng), items = random_matrix(5, n, rng);
+  Matrix dh = Scalar(0.2) * random_matrix(5, n, rng);
+  TowerWorkspace ws;
+  RowVector z(n), ones = RowVector::Ones(n);
+  tower.begin_request(user, items, ws, z);
+  tower.request_moved_logits(dh, ws, z);
+  Matrix g(5, n);
+  tower.request_moved_item_gradient(ones, ws, g);
+
+  const Scalar step = 1e-2f;
+  int compared = 0, skipped = 0;
+  double diff2 = 0, ref2 = 0;
+  RowVector plus(n), minus(n);
+  for (Index c = 0; c < n; ++c) {
+    for (Index i = 0; i < 5; ++i) {
+      const Scalar saved = dh(i, c);
+      dh(i, c) = saved + step;
+      tower.request_moved_logits(dh, ws, plus);
+      dh(i, c) = saved - step;
+      tower.request_moved_logits(dh, ws, minus);
+      dh(i, c) = saved;
+      const double fd = (double(plus[c]) - double(minus[c])) / (2.0 * step);
+      // A kink inside the step shows as a second difference far from zero: skip it.
+      tower.request_moved_logits(dh, ws, z);
+      const double curvature = std::abs(double(plus[c]) + double(minus[c]) - 2.0 * double(z[c]));
+      if (curvature > 1e-4) {
+        ++skipped;
+        continue;
+      }
+      ++compared;
+      diff2 += (fd - g(i, c)) * (fd - g(i, c));
+      ref2 += fd * fd;
+      CHECK(std::abs(fd - g(i, c)) <= 2e-3 * std::max(1.0, std::abs(fd)));
+    }
+  }
+  CHECK(compared >= 16);
+  CHECK(skipped <= 4);
+  CHECK(ref2 > 0);
+  CHECK(std::sqrt(diff2) <= 1e-3 * std::sqrt(ref2));
+}
+
+TEST_CASE("request passes refuse a workspace without a request and bad arguments", "[request]") {
+  Rng rng(5);
+  Tower tower(4, 3, {8});
+  tower.initialize(rng);
+  const Matrix user = random_matrix(4, 1, rng), items = random_matrix(3, 5, rng);
+  TowerWorkspace ws;
+  RowVector z(5);
+  CHECK_THROWS_WITH(tower.request_logits(nullptr, ws, z), Catch::Contains("begin_request"));
+  CHECK_THROWS_AS(tower.request_size(ws), InputError);
+
+  tower.begin_request(user, items, ws, z);
+  Matrix g(3, 5);
+  CHECK_THROWS_AS(tower.request_moved_item_gradient(RowVector::Ones(5), ws, g), InputError);  // no moved pass
+  CHECK_THROWS_AS(tower.request_moved_logits(Matrix::Zero(2, 5), ws, z), DimensionError);
+  RowVector short_out(4);
+  CHECK_THROWS_AS(tower.request_logits(nullptr, ws, short_out), DimensionError);
+  DropoutMask wrong;
+  tower.sample_mask(0.1, 3, rng, wrong);  // 3 columns for 5 candidates
+  CHECK_THROWS_AS(tower.request_logits(&wrong, ws, z), DimensionError);
+  const std::vector<Index> unordered{2, 1};
+  CHECK_THROWS_WITH(tower.request_select(unordered, ws), Catch::Contains("keep[1]"));
+  const std::vector<Index> outside{0, 5};
+  CHECK_THROWS_AS(tower.request_select(outside, ws), InputError);
+
+  // A forward pass on the workspace ends the request.
+  tower.logits(user, items, nullptr, ws, z);
+  CHECK_THROWS_AS(tower.request_logits(nullptr, ws, z), InputError);
+}
+
+TEST_CASE("EmbeddingCtrModel forwards the request passes to its tower", "[request]") {
+  static_assert(RequestPassModel<Tower> && RequestPassModel<EmbeddingCtrModel>);
+  FeatureLayout layout;
+  layout.add_categorical("user_id", Side::User, 50, 4).add_categorical("item_id", Side::Item, 50, 4);
+  EmbeddingCtrModel model(layout, {8});
+  Rng rng(3);
+  model.initialize(rng, 0.5);
+  const Matrix user = random_matrix(4, 1, rng), items = random_matrix(4, 3, rng);
+  TowerWorkspace a, b;
+  RowVector za(3), zb(3);
+  model.begin_request(user, items, a, za);
+  model.tower().begin_request(user, items, b, zb);
+  CHECK(za == zb);
+  DropoutMask mask;
+  model.sample_mask(0.2, 1, rng, mask);
+  model.request_logits(&mask, a, za);
+  model.tower().request_logits(&mask, b, zb);
+  CHECK(za == zb);
+}
