@@ -83,7 +83,8 @@ if(AGE_PKG_MODE STREQUAL "find_package")
   step("configure find_package_consumer"
     "${AGE_PKG_CMAKE_COMMAND}" -S "${AGE_PKG_CONSUMERS}/find_package_consumer" -B "${consumer_build}"
     ${configure_args} "-DCMAKE_PREFIX_PATH=${prefix_path}" "-DAGE_EXPECTED_PREFIX=${prefix}"
-    "-DCONSUMER_WARNINGS_AS_ERRORS=${werror}" "-DCONSUMER_EXPECT_IO=${AGE_PKG_HAVE_IO}")
+    "-DCONSUMER_WARNINGS_AS_ERRORS=${werror}" "-DCONSUMER_EXPECT_IO=${AGE_PKG_HAVE_IO}"
+    "-DCONSUMER_EXPECT_SIM=${AGE_PKG_HAVE_SIM}")
 else()
   step("configure subdirectory_consumer"
     "${AGE_PKG_CMAKE_COMMAND}" -S "${AGE_PKG_CONSUMERS}/subdirectory_consumer" -B "${consumer_build}"
