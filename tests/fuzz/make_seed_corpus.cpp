@@ -1,0 +1,201 @@
+// Writes the seed corpus of the fuzz targets (tests/fuzz/corpus/<target>/): small valid
+// inputs that reach deep into each parser, and invalid ones that stop at each check.
+// The corpus is committed; rerun after a format change:
+//
+//   age_fuzz_seed_corpus tests/fuzz/corpus
+//
+// (tiny_model.safetensors is the io golden file, copied in by hand.)
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "age/core/rng.hpp"
+#include "age/io/model_io.hpp"
+#include "age/io/safetensors.hpp"
+#include "fuzz_targets.hpp"
+
+namespace fs = std::filesystem;
+using Bytes = std::vector<std::uint8_t>;
+
+namespace {
+
+void write(const fs::path& path, const Bytes& bytes) {
+  fs::create_directories(path.parent_path());
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  if (!out) throw std::runtime_error("cannot write " + path.string());
+}
+void write(const fs::path& path, const std::string& text) { write(path, Bytes(text.begin(), text.end())); }
+
+// A file with a hand-written header, for the invalid seeds.
+Bytes assemble(const std::string& header, const Bytes& buffer) {
+  Bytes out(8);
+  for (int i = 0; i < 8; ++i) out[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(header.size() >> (8 * i));
+  out.insert(out.end(), header.begin(), header.end());
+  out.insert(out.end(), buffer.begin(), buffer.end());
+  return out;
+}
+
+age::EmbeddingCtrModel small_model() {
+  age::FeatureLayout layout;
+  layout.add_categorical("u", age::Side::User, 3, 2)
+      .add_multi_hot("t", age::Side::User, 2, 1, age::Pooling::Mean)
+      .add_dense("d", age::Side::User, 1)
+      .add_categorical("i", age::Side::Item, 3, 2)
+      .add_multi_hot("c", age::Side::Item, 2, 1, age::Pooling::Sum)
+      .add_dense("p", age::Side::Item, 1);
+  age::EmbeddingCtrModel model(layout, {3, 2});
+  age::Rng rng(5);
+  model.initialize(rng, 0.5);
+  return model;
+}
+
+// The safetensors_parts form of a file: header, NUL, data buffer (no length field).
+Bytes parts(const Bytes& file) {
+  std::uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= static_cast<std::uint64_t>(file[static_cast<std::size_t>(i)]) << (8 * i);
+  Bytes out(file.begin() + 8, file.begin() + 8 + static_cast<std::ptrdiff_t>(n));
+  out.push_back(0);
+  out.insert(out.end(), file.begin() + 8 + static_cast<std::ptrdiff_t>(n), file.end());
+  return out;
+}
+
+void safetensors_seeds(const fs::path& dir, const fs::path& parts_dir) {
+  const age::EmbeddingCtrModel model = small_model();
+  age::Safetensors st = model_to_safetensors(model, {{"step", "42"}});
+  age::Tower dgu(0, model.item_dim(), {2});
+  age::Rng rng(6);
+  dgu.initialize(rng);
+  add_tower(st, "dgu", dgu);
+  const Bytes full = serialize_safetensors(st);
+  write(dir / "model_with_dgu.safetensors", full);
+  write(dir / "model_plain.safetensors", serialize_safetensors(model_to_safetensors(model)));
+
+  age::Safetensors generic;
+  generic.metadata()["who"] = "seed";
+  age::TensorData half;
+  half.dtype = age::TensorDtype::F16;
+  half.shape = {2, 2};
+  half.bytes = {0x00, 0x3C, 0x00, 0xC0, 0x01, 0x00, 0xFF, 0x7B};
+  generic.add("half", half);
+  age::TensorData bf;
+  bf.dtype = age::TensorDtype::BF16;
+  bf.shape = {2};
+  bf.bytes = {0x80, 0x3F, 0x00, 0xBF};
+  generic.add("bf", bf);
+  age::TensorData dbl;
+  dbl.dtype = age::TensorDtype::F64;
+  dbl.shape = {1};
+  dbl.bytes = {0, 0, 0, 0, 0, 0, 0xF0, 0x3F};
+  generic.add("dbl", dbl);
+  generic.add_f32("scalar", {}, std::vector<float>{1.5f});
+  generic.add_f32("empty", {0, 3}, std::vector<float>{});
+  write(dir / "dtypes.safetensors", serialize_safetensors(generic));
+
+  age::Safetensors nonfinite;
+  nonfinite.add_f32("x", {3}, std::vector<float>{1.0f, std::numeric_limits<float>::infinity(),
+                                                 std::numeric_limits<float>::quiet_NaN()});
+  write(dir / "nonfinite.safetensors", serialize_safetensors(nonfinite));
+  write(dir / "empty_header.safetensors", assemble("{}", {}));
+  write(parts_dir / "model_with_dgu.parts", parts(full));
+  write(parts_dir / "model_plain.parts", parts(serialize_safetensors(model_to_safetensors(model))));
+  write(parts_dir / "dtypes.parts", parts(serialize_safetensors(generic)));
+  write(parts_dir / "header_only.parts", std::string(R"({"__metadata__":{"k":"v"}})"));
+
+  // Invalid: each stops at a different check.
+  write(dir / "truncated.safetensors", Bytes(full.begin(), full.begin() + static_cast<std::ptrdiff_t>(full.size() / 2)));
+  Bytes huge_length = full;
+  huge_length[7] = 0x7F;
+  write(dir / "huge_length.safetensors", huge_length);
+  const Bytes four{0, 0, 128, 63};
+  write(dir / "duplicate_key.safetensors",
+        assemble(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+                 four));
+  write(dir / "gap.safetensors", assemble(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", Bytes(8, 0)));
+  write(dir / "overlap.safetensors",
+        assemble(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+                 four));
+  write(dir / "int_dtype.safetensors", assemble(R"({"a":{"dtype":"I32","shape":[1],"data_offsets":[0,4]}})", four));
+  write(dir / "not_object.safetensors", assemble("[1,2]", {}));
+  write(dir / "deep.safetensors", assemble(R"({"a":{"dtype":"F32","shape":[[1]],"data_offsets":[0,4]}})", four));
+  write(dir / "metadata_number.safetensors", assemble(R"({"__metadata__":{"k":1}})", {}));
+  write(dir / "shape_overflow.safetensors",
+        assemble(R"({"a":{"dtype":"F64","shape":[4294967296,4294967296],"data_offsets":[0,0]}})", {}));
+}
+
+void config_seeds(const fs::path& dir) {
+  const age::Safetensors st = model_to_safetensors(small_model());
+  write(dir / "mixed.json", st.metadata().at(std::string(age::kModelConfigKey)));
+  write(dir / "minimal.json",
+        std::string(R"({"format":"age.embedding_ctr","version":1,"fields":[{"name":"i","side":"item","kind":"dense","dim":1}],"hidden":[]})"));
+  write(dir / "wrong_version.json",
+        std::string(R"({"format":"age.embedding_ctr","version":2,"fields":[],"hidden":[]})"));
+  write(dir / "dense_with_rows.json",
+        std::string(R"({"format":"age.embedding_ctr","version":1,"fields":[{"name":"i","side":"item","kind":"dense","dim":1,"rows":3}],"hidden":[]})"));
+  write(dir / "duplicate_field.json",
+        std::string(R"({"format":"age.embedding_ctr","version":1,"fields":[{"name":"i","side":"item","kind":"categorical","dim":1,"rows":2},{"name":"i","side":"item","kind":"dense","dim":1}],"hidden":[4]})"));
+  write(dir / "no_item.json",
+        std::string(R"({"format":"age.embedding_ctr","version":1,"fields":[{"name":"u","side":"user","kind":"dense","dim":1}],"hidden":[1]})"));
+  write(dir / "huge_dim.json",
+        std::string(R"({"format":"age.embedding_ctr","version":1,"fields":[{"name":"i","side":"item","kind":"multi_hot","dim":2147483647,"rows":2147483647,"pooling":"sum"}],"hidden":[0]})"));
+}
+
+void r6b_seeds(const fs::path& line_dir, const fs::path& file_dir) {
+  const std::string valid = "1317513292 id-552077 0 |user 1 7 11 37 13 |id-552077 |id-555224 |id-555528";
+  write(line_dir / "valid.txt", valid);
+  write(line_dir / "click_no_features.txt", std::string("1317513300 id-1 1 |user |id-1"));
+  write(line_dir / "tabs_crlf.txt", std::string("5\tid-7\t0\t|user\t136\t|id-7\t|id-8\r"));
+  write(line_dir / "bad_click.txt", std::string("1317513292 id-552077 2 |user 1 |id-552077"));
+  write(line_dir / "feature_range.txt", std::string("1 id-2 0 |user 0 137 |id-2"));
+  write(line_dir / "not_displayed.txt", std::string("1 id-2 0 |user 1 |id-3 |id-4"));
+  write(line_dir / "feature_after_candidate.txt", std::string("1 id-2 0 |user |id-2 5"));
+  write(line_dir / "big_numbers.txt", std::string("-9223372036854775808 id-18446744073709551615 1 |user 4294967295 |id-18446744073709551615"));
+  write(line_dir / "empty.txt", std::string());
+
+  std::string file = valid + "\n" + "1317513293 id-555224 1 |user 2 3 |id-555224 |id-552077\n" + "garbage line\n" +
+                     "\n" + "1317513294 id-1 0 |user |id-1";
+  write(file_dir / "plain.txt", file);
+  std::string nul_line = "1 id-1 0 |user |id-1";
+  nul_line += '\0';
+  nul_line += " trailing\n2 id-2 0 |user |id-2\n";
+  write(file_dir / "nul_byte.txt", nul_line);
+  write(file_dir / "long_line.txt", "1 id-1 0 |user " + std::string(9000, '1') + " |id-1\n" + valid + "\n");
+#ifdef AGE_FUZZ_WITH_ZLIB
+  {
+    age::sim::R6bWriter writer((file_dir / "gzip.txt.gz").string(), 9);
+    age::sim::R6bEvent e;
+    age::sim::parse_r6b_line(valid, e);
+    writer.write(e);
+    e.click = true;
+    writer.write(e);
+    writer.close();
+  }
+  Bytes gz;
+  {
+    std::ifstream in(file_dir / "gzip.txt.gz", std::ios::binary);
+    gz.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  write(file_dir / "gzip_truncated.gz", Bytes(gz.begin(), gz.begin() + static_cast<std::ptrdiff_t>(gz.size() / 2)));
+#endif
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s <corpus dir>\n", argv[0]);
+    return 2;
+  }
+  const fs::path root = argv[1];
+  safetensors_seeds(root / "safetensors", root / "safetensors_parts");
+  config_seeds(root / "model_config");
+#ifdef AGE_FUZZ_HAVE_R6B
+  r6b_seeds(root / "r6b_line", root / "r6b_file");
+#endif
+  std::printf("seed corpus written to %s\n", root.string().c_str());
+  return 0;
+}
