@@ -4,7 +4,9 @@
 #pragma once
 
 #include "age/core/error.hpp"
+#include "age/core/limits.hpp"
 #include "age/core/rng.hpp"
+#include "age/core/status.hpp"
 #include "age/core/types.hpp"
 #include "age/explore/ablation.hpp"
 #include "age/explore/baselines.hpp"
@@ -20,6 +22,7 @@
 #include "age/model/embedding_model.hpp"
 #include "age/model/finite_difference.hpp"
 #include "age/model/tower.hpp"
+#include "age/serve/model_holder.hpp"
 #include "age/train/loss.hpp"
 #include "age/train/optimizer.hpp"
 #include "age/train/trainer.hpp"

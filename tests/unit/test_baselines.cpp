@@ -630,7 +630,7 @@ TEST_CASE("baselines reject invalid configurations with ConfigError", "[baseline
   CHECK_THROWS_WITH(GradientTs(t, {.lambda = 0.0}),
                     Catch::Contains("GradientTs.lambda: expected a finite value > 0, got 0"));
   CHECK_THROWS_WITH(GradientUcb(t, {.nu = -2.0}),
-                    Catch::Contains("GradientUcb.nu: expected a finite value >= 0, got -2"));
+                    Catch::Contains("GradientUcb.nu: expected a finite value > 0, got -2"));
 
   GradientTs ts(t);
   Rng rng(20);

@@ -124,7 +124,7 @@ TEST_CASE("the DGU gate opens when base pCTR > DGU output, strictly", "[dgu]") {
                     Catch::Contains("item_dim") && Catch::Contains("expected 3, got 5"));
 }
 
-TEST_CASE("a closed gate returns exactly the base score; an open one explores", "[dgu]") {
+TEST_CASE("a closed gate returns exactly the base score, an open one explores", "[dgu]") {
   Rng rng(6);
   Tower model(3, 4, {16, 8});
   model.initialize(rng);

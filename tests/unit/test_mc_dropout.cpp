@@ -85,7 +85,7 @@ TEST_CASE("TS deltas are signed, with the mean and spread of the exact dropout d
   }
 }
 
-TEST_CASE("TS: a shared mask is one draw for the whole request; per-candidate masks differ", "[mc-dropout]") {
+TEST_CASE("TS: a shared mask is one draw for the whole request, per-candidate masks differ", "[mc-dropout]") {
   const Tower tower = identical_units(10, 0.5f, -5.0f);
   const Matrix user = Matrix::Zero(1, 1);
   const Matrix items = Matrix::Ones(1, 64);

@@ -114,7 +114,7 @@ TEST_CASE("PGD with T = 1 and alpha = radius is FGM", "[pgd]") {
   }
 }
 
-TEST_CASE("PGD on a model linear in h stays on the FGM point; a negative delta flips the move", "[pgd]") {
+TEST_CASE("PGD on a model linear in h stays on the FGM point, a negative delta flips the move", "[pgd]") {
   test::QuadraticModel linear = curved_model();
   linear.a.setZero();
   const Matrix user = Matrix::Zero(2, 1);

@@ -127,7 +127,7 @@ TEST_CASE("Replay accepts exactly the events whose pick is the displayed article
   CHECK(r.curve[1].clicks == 3);
 }
 
-TEST_CASE("Replay from an R6B file equals replay from memory; short logs only warm up", "[replay]") {
+TEST_CASE("Replay from an R6B file equals replay from memory, short logs only warm up", "[replay]") {
   Environment env(2, 4000);
   const std::string path = temp_path("log.txt.gz");
   env.write_log(path);

@@ -174,7 +174,7 @@ TEST_CASE("AGE-TS end to end: breakdown, explored scores, ranking and top-k", "[
   CHECK(by_base != out.ranking);
 }
 
-TEST_CASE("the same request id explores identically; another id or seed explores differently", "[scorer]") {
+TEST_CASE("the same request id explores identically, another id or seed explores differently", "[scorer]") {
   const World w;
   const AgeTs<EmbeddingCtrModel> scorer(w.model, DguGate(w.dgu), McDropoutTs{0.1}, Pgd{.lambda = 0.5}, 5);
   AgeTs<EmbeddingCtrModel>::Workspace ws;

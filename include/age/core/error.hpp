@@ -56,5 +56,13 @@ inline void require_dim(std::string_view what, std::size_t expected, std::size_t
   if (expected != actual) throw DimensionError(mismatch(what, expected, actual));
 }
 
+// An index into one of the library's containers (layer, field, member): InputError
+// "<what>: expected an index < <size>, got <index>" instead of std::out_of_range.
+inline void require_index(std::string_view what, std::size_t index, std::size_t size) {
+  if (index >= size)
+    throw InputError(std::string(what) + ": expected an index < " + std::to_string(size) + ", got " +
+                     std::to_string(index));
+}
+
 }  // namespace detail
 }  // namespace age

@@ -3,13 +3,17 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <concepts>
 #include <cstdint>
 #include <numeric>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "age/core/error.hpp"
+#include "age/core/limits.hpp"
+#include "age/core/status.hpp"
 #include "age/core/types.hpp"
 
 namespace age {
@@ -89,6 +93,102 @@ concept Explorer = requires(const P& policy, const Request& request, ScoredReque
 // An Explorer whose state learns from the feedback of the candidate that was shown
 // (e.g. Gradient-TS's per-weight accumulator). The replay study calls observe() for every
 // accepted event, after the model has been updated or not, as the policy documents.
+// The bound on a request's candidates that AgeScorer and the baselines enforce
+// (default kDefaultMaxCandidates = 100000, age/core/limits.hpp). Set before the policy is
+// shared between threads.
+class CandidateLimit {
+ public:
+  void set_max_candidates(Index n) {
+    if (n < 1) throw ConfigError("max_candidates: expected >= 1, got " + std::to_string(n));
+    max_candidates_ = n;
+  }
+  Index max_candidates() const noexcept { return max_candidates_; }
+
+ private:
+  Index max_candidates_ = kDefaultMaxCandidates;
+};
+
+namespace detail {
+
+// The first non-finite element of m (caller knows there is one), for the message.
+inline void first_non_finite(ConstMatrixRef m, Index& row, Index& col, double& value) noexcept {
+  for (Index c = 0; c < m.cols(); ++c)
+    for (Index r = 0; r < m.rows(); ++r)
+      if (!std::isfinite(m(r, c))) {
+        row = r;
+        col = c;
+        value = static_cast<double>(m(r, c));
+        return;
+      }
+}
+
+// Every check a request must pass before it is scored, without throwing or allocating:
+// at least 1 and at most max_candidates candidates, the model's item_dim and user_dim
+// rows, a user with 1 or N columns, one impression count per candidate (when given) and
+// finite embeddings (one allFinite() pass over each matrix). Sizes are checked before any
+// element is read.
+inline Status check_request(const Request& request, Index user_dim, Index item_dim, Index max_candidates) noexcept {
+  const Index n = request.size();
+  if (n == 0)
+    return Status::format(StatusCode::input, "request: items: expected at least 1 candidate column, got 0");
+  if (n > max_candidates)
+    return Status::format(StatusCode::input, "request: items: expected at most %lld candidates (max_candidates), got %lld",
+                          static_cast<long long>(max_candidates), static_cast<long long>(n));
+  if (request.items.rows() != item_dim)
+    return Status::format(StatusCode::dimension, "request: items rows (item_dim): expected %lld, got %lld",
+                          static_cast<long long>(item_dim), static_cast<long long>(request.items.rows()));
+  if (request.user.rows() != user_dim)
+    return Status::format(StatusCode::dimension, "request: user rows (user_dim): expected %lld, got %lld",
+                          static_cast<long long>(user_dim), static_cast<long long>(request.user.rows()));
+  if (request.user.cols() != 1 && request.user.cols() != n)
+    return Status::format(StatusCode::dimension, "request: user columns: expected 1 or %lld, got %lld",
+                          static_cast<long long>(n), static_cast<long long>(request.user.cols()));
+  if (!request.impressions.empty() && request.impressions.size() != static_cast<std::size_t>(n))
+    return Status::format(StatusCode::dimension,
+                          "request: impressions (one count per candidate): expected %lld, got %zu",
+                          static_cast<long long>(n), request.impressions.size());
+  const ConstMatrixRef* parts[] = {&request.items, &request.user};
+  const char* names[] = {"items", "user"};
+  for (int p = 0; p < 2; ++p) {
+    if (parts[p]->allFinite()) continue;
+    Index row = 0, col = 0;
+    double value = 0.0;
+    first_non_finite(*parts[p], row, col, value);
+    return Status::format(StatusCode::input, "request: %s(%lld, %lld): expected a finite value, got %g", names[p],
+                          static_cast<long long>(row), static_cast<long long>(col), value);
+  }
+  return Status();
+}
+
+// check_request() as an exception (DimensionError, InputError).
+inline void require_request(const Request& request, Index user_dim, Index item_dim, Index max_candidates) {
+  const Status s = check_request(request, user_dim, item_dim, max_candidates);
+  if (!s.ok()) s.raise();
+}
+
+}  // namespace detail
+
+// The non-throwing form of policy.score() for any Explorer: the status of the exception
+// score() would have thrown (its code and message), or ok. Never throws. A policy with a
+// noexcept member try_score (AgeScorer) also rejects bad requests without throwing
+// internally; prefer that one when it exists.
+template <class P>
+  requires Explorer<P>
+Status try_score(const P& policy, const Request& request, ScoredRequest& out, typename P::Workspace& ws) noexcept {
+  if constexpr (requires {
+                  { policy.try_score(request, out, ws) } noexcept -> std::same_as<Status>;
+                }) {
+    return policy.try_score(request, out, ws);
+  } else {
+    try {
+      policy.score(request, out, ws);
+      return Status();
+    } catch (...) {
+      return Status::from_current_exception();
+    }
+  }
+}
+
 template <class P>
 concept LearningExplorer = Explorer<P> && requires(P& policy, const Request& request, Index shown, bool clicked) {
   policy.observe(request, shown, clicked);

@@ -16,6 +16,14 @@
 //   ScoredRequest out;
 //   scorer.score(Request{user, items, request_id}, out, ws);
 //
+// Validation: every request is checked first (check_request: 1 to max_candidates()
+// candidates, default kDefaultMaxCandidates = 100000; item_dim / user_dim rows; finite
+// embeddings, in one pass), and score() throws InputError or DimensionError naming the
+// field and the actual value. try_score() is the non-throwing form, for services that do
+// not use exceptions on the scoring path: it returns an age::Status (code + message in a
+// fixed buffer) and allocates nothing more than score() does:
+//   if (Status s = scorer.try_score(request, out, ws); !s.ok()) log(s.message());
+//
 // Thread safety and reproducibility: the scorer keeps a const pointer to the model (which
 // must outlive it) and never changes after construction, so one scorer serves many
 // threads, each with its own Workspace. All randomness of a request comes from Rngs seeded
@@ -45,6 +53,7 @@
 
 #include "age/core/error.hpp"
 #include "age/core/rng.hpp"
+#include "age/core/status.hpp"
 #include "age/core/types.hpp"
 #include "age/explore/gate.hpp"
 #include "age/explore/perturbation.hpp"
@@ -57,7 +66,7 @@ namespace age {
 template <CtrModel Model, class Uncertainty = McDropoutTs, class Perturbation = Pgd, class Gate = DguGate>
   requires UncertaintyPolicy<Uncertainty, Model> && PerturbationPolicy<Perturbation, Model> &&
            GatePolicy<Gate, Model>
-class AgeScorer {
+class AgeScorer : public CandidateLimit {
  public:
   using model_type = Model;
   using uncertainty_type = Uncertainty;
@@ -106,9 +115,48 @@ class AgeScorer {
         p.explore_request(m, base, base, rng, model_ws, p_ws, out);
       };
 
-  // Scores every candidate of `request` into `out` (sized here) and ranks them.
+  // Scores every candidate of `request` into `out` (sized here) and ranks them. Throws
+  // InputError / DimensionError for a request that check_request() rejects.
   void score(const Request& request, ScoredRequest& out, Workspace& ws) const {
-    check_request(request);
+    const Status status = check_request(request);
+    if (!status.ok()) status.raise();
+    score_checked(request, out, ws);
+  }
+
+  // score() without exceptions: the status of what score() would have thrown, or ok. A bad
+  // request is refused by check_request() without throwing; the rest runs inside a
+  // try/catch. On success it allocates exactly what score() allocates (nothing once warmed
+  // up, see the top of this file).
+  Status try_score(const Request& request, ScoredRequest& out, Workspace& ws) const noexcept {
+    Status status = check_request(request);
+    if (!status.ok()) return status;
+    try {
+      score_checked(request, out, ws);
+    } catch (...) {
+      return Status::from_current_exception();
+    }
+    return status;
+  }
+
+  // What a request must satisfy (detail::check_request, explore/request.hpp): 1 to
+  // max_candidates() candidates (default 100000), the model's item_dim and user_dim rows,
+  // 1 or N user columns, one impression count per candidate when given, and finite
+  // embeddings. O(N * d), one pass; no throw, no allocation.
+  Status check_request(const Request& request) const noexcept {
+    return detail::check_request(request, static_cast<Index>(model_->user_dim()),
+                                 static_cast<Index>(model_->item_dim()), max_candidates());
+  }
+
+  // Convenience for one-off calls (allocates a workspace and a result).
+  ScoredRequest score(const Request& request) const {
+    Workspace ws;
+    ScoredRequest out;
+    score(request, out, ws);
+    return out;
+  }
+
+ private:
+  void score_checked(const Request& request, ScoredRequest& out, Workspace& ws) const {
     if constexpr (has_request_passes) {
       if (perturbation_.request_ready()) {
         score_by_request_passes(request, out, ws);
@@ -146,14 +194,7 @@ class AgeScorer {
     rank_in_place(out);
   }
 
-  // Convenience for one-off calls (allocates a workspace and a result).
-  ScoredRequest score(const Request& request) const {
-    Workspace ws;
-    ScoredRequest out;
-    score(request, out, ws);
-    return out;
-  }
-
+ public:
   // The request's random streams, so that a caller can reproduce a step on its own.
   Rng uncertainty_rng(std::uint64_t request_id) const noexcept { return Rng(seed_, request_id); }
   Rng perturbation_rng(std::uint64_t request_id) const noexcept {
@@ -175,21 +216,6 @@ class AgeScorer {
   std::uint64_t seed() const noexcept { return seed_; }
 
  private:
-  void check_request(const Request& request) const {
-    const Index n = request.size();
-    if (n == 0) throw InputError("request: items: expected at least 1 candidate column, got 0");
-    detail::require_dim("request: items rows (item_dim)", static_cast<std::size_t>(model_->item_dim()),
-                        static_cast<std::size_t>(request.items.rows()));
-    detail::require_dim("request: user rows (user_dim)", static_cast<std::size_t>(model_->user_dim()),
-                        static_cast<std::size_t>(request.user.rows()));
-    if (request.user.cols() != 1 && request.user.cols() != n)
-      throw DimensionError("request: user columns: expected 1 or " + std::to_string(n) + ", got " +
-                           std::to_string(request.user.cols()));
-    if (!request.impressions.empty())
-      detail::require_dim("request: impressions (one count per candidate)", static_cast<std::size_t>(n),
-                          request.impressions.size());
-  }
-
   // score() on the request passes: the same four steps, one no-dropout pass.
   void score_by_request_passes(const Request& request, ScoredRequest& out, Workspace& ws) const {
     const Model& model = *model_;

@@ -6,11 +6,13 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <new>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "age/core/error.hpp"
+#include "age/core/limits.hpp"
 #include "age/core/rng.hpp"
 #include "age/core/types.hpp"
 #include "age/features/layout.hpp"
@@ -39,13 +41,22 @@ class EmbeddingTables {
     tables_.resize(layout_.size());
     for (std::size_t f = 0; f < layout_.size(); ++f) {
       const FieldSpec& s = layout_.field(f);
-      if (s.has_table()) tables_[f] = Matrix::Zero(static_cast<Index>(s.dim), static_cast<Index>(s.rows));
+      if (!s.has_table()) continue;
+      // The layout bounded the size (FeatureLayout::add); the machine may still lack it.
+      try {
+        tables_[f] = Matrix::Zero(static_cast<Index>(s.dim), static_cast<Index>(s.rows));
+      } catch (const std::bad_alloc&) {
+        detail::throw_allocation_failed("embedding table of field '" + s.name + "' (dim x rows)", s.dim, s.rows);
+      }
     }
   }
 
   // Every row from Normal(0, stddev^2). Small stddev (<= 0.01) keeps an unseen id near the
   // model's average prediction instead of at a random score.
   void initialize_normal(Rng& rng, double stddev) {
+    if (!(stddev >= 0.0 && std::isfinite(stddev)))
+      throw ConfigError("embedding initialisation: stddev: expected a finite value >= 0, got " +
+                        std::to_string(stddev));
     for (auto& t : tables_)
       for (Index i = 0; i < t.size(); ++i) t.data()[i] = static_cast<Scalar>(rng.normal(0.0, stddev));
   }
@@ -53,8 +64,10 @@ class EmbeddingTables {
   const FeatureLayout& layout() const noexcept { return layout_; }
 
   // The table of field f (dim x rows); empty for dense fields.
-  Matrix& table(std::size_t f) { return tables_.at(f); }
-  const Matrix& table(std::size_t f) const { return tables_.at(f); }
+  Matrix& table(std::size_t f) { return detail::require_index("embedding table: field", f, tables_.size()), tables_[f]; }
+  const Matrix& table(std::size_t f) const {
+    return detail::require_index("embedding table: field", f, tables_.size()), tables_[f];
+  }
 
   std::size_t row_of(std::size_t f, std::uint64_t id) const {
     const FieldSpec& s = layout_.field(f);
@@ -79,7 +92,8 @@ class EmbeddingTables {
           detail::require_dim("dense field '" + s.name + "': number of values", s.dim, in.values.size());
           for (std::size_t k = 0; k < s.dim; ++k) {
             if (!std::isfinite(in.values[k]))
-              throw InputError("dense field '" + s.name + "': value " + std::to_string(k) + " is not finite");
+              throw InputError("dense field '" + s.name + "': values[" + std::to_string(k) +
+                               "]: expected a finite value, got " + std::to_string(in.values[k]));
             slice[static_cast<Index>(k)] = in.values[k];
           }
           break;

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "age/core/error.hpp"
+#include "age/core/limits.hpp"
 
 namespace age {
 
@@ -60,14 +61,23 @@ class FeatureLayout {
 
   // Validates and appends one field. Names must be unique, widths and row counts positive.
   FeatureLayout& add(FieldSpec spec) {
-    if (spec.name.empty()) throw ConfigError("feature field: name must not be empty");
+    if (spec.name.empty()) throw ConfigError("feature field: name: expected a non-empty name, got ''");
     for (const auto& f : fields_)
-      if (f.name == spec.name) throw ConfigError("feature field '" + spec.name + "': declared twice");
-    if (spec.dim == 0) throw ConfigError("feature field '" + spec.name + "': dim must be > 0");
+      if (f.name == spec.name)
+        throw ConfigError("feature field '" + spec.name + "': declared twice: expected unique names, got '" +
+                          spec.name + "' again");
+    if (spec.dim == 0) throw ConfigError("feature field '" + spec.name + "': dim: expected >= 1, got 0");
     if (spec.has_table() && spec.rows == 0)
-      throw ConfigError("feature field '" + spec.name + "': rows must be > 0");
+      throw ConfigError("feature field '" + spec.name + "': rows: expected >= 1, got 0");
     if (!spec.has_table() && spec.rows != 0)
-      throw ConfigError("feature field '" + spec.name + "': a dense field has no rows");
+      throw ConfigError("feature field '" + spec.name + "': rows: expected 0 (a dense field has no table), got " +
+                        std::to_string(spec.rows));
+    // The table (dim x rows) and the side's width stay within kMaxTensorElements, so that an
+    // absurd row count is refused here rather than by std::bad_alloc in EmbeddingTables.
+    detail::check_tensor_size("feature field '" + spec.name + "': table (dim x rows)", spec.dim,
+                              spec.has_table() ? spec.rows : 1);
+    detail::check_tensor_size("feature field '" + spec.name + "': side width (dim + earlier fields)",
+                              (spec.side == Side::User ? user_dim_ : item_dim_) + spec.dim, 1);
     const bool user = spec.side == Side::User;
     offsets_.push_back(user ? user_dim_ : item_dim_);
     side_index_.push_back(user ? user_fields_ : item_fields_);
@@ -79,12 +89,18 @@ class FeatureLayout {
 
   const std::vector<FieldSpec>& fields() const noexcept { return fields_; }
   std::size_t size() const noexcept { return fields_.size(); }
-  const FieldSpec& field(std::size_t i) const { return fields_.at(i); }
+  const FieldSpec& field(std::size_t i) const {
+    return detail::require_index("feature layout: field", i, fields_.size()), fields_[i];
+  }
 
   // Offset of field i inside its side's vector (user vector or item vector).
-  std::size_t offset(std::size_t i) const { return offsets_.at(i); }
+  std::size_t offset(std::size_t i) const {
+    return detail::require_index("feature layout: field", i, offsets_.size()), offsets_[i];
+  }
   // Position of field i among the fields of its own side (what a SideInput is indexed by).
-  std::size_t side_index(std::size_t i) const { return side_index_.at(i); }
+  std::size_t side_index(std::size_t i) const {
+    return detail::require_index("feature layout: field", i, side_index_.size()), side_index_[i];
+  }
 
   std::size_t user_dim() const noexcept { return user_dim_; }
   std::size_t item_dim() const noexcept { return item_dim_; }

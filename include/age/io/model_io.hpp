@@ -449,8 +449,12 @@ inline void save_model(const std::filesystem::path& path, const EmbeddingCtrMode
   write_safetensors(path, model_to_safetensors(model, metadata));
 }
 
-inline EmbeddingCtrModel load_model(const std::filesystem::path& path, Safetensors::Metadata* metadata = nullptr) {
-  return model_from_safetensors(read_safetensors(path), "safetensors file '" + path.string() + "'", metadata);
+// `options` bound the file (max_file_bytes, default 4 GiB, checked before reading; the
+// header length) and may require finite values in every tensor.
+inline EmbeddingCtrModel load_model(const std::filesystem::path& path, Safetensors::Metadata* metadata = nullptr,
+                                    const SafetensorsReadOptions& options = {}) {
+  return model_from_safetensors(read_safetensors(path, options), "safetensors file '" + path.string() + "'",
+                                metadata);
 }
 
 // A file holding one tower (e.g. the DGU gate's, user_dim 0) under `prefix`.
@@ -463,8 +467,9 @@ inline void save_tower(const std::filesystem::path& path, const Tower& tower, st
   write_safetensors(path, st);
 }
 
-inline Tower load_tower(const std::filesystem::path& path, std::string_view prefix = "tower") {
-  return read_tower(read_safetensors(path), prefix, "safetensors file '" + path.string() + "'");
+inline Tower load_tower(const std::filesystem::path& path, std::string_view prefix = "tower",
+                        const SafetensorsReadOptions& options = {}) {
+  return read_tower(read_safetensors(path, options), prefix, "safetensors file '" + path.string() + "'");
 }
 
 }  // namespace age

@@ -239,12 +239,18 @@ class Safetensors {
   Metadata metadata_;
 };
 
+// Default bound on the size of a weight file read whole (SafetensorsReadOptions).
+inline constexpr std::uint64_t kDefaultMaxFileBytes = std::uint64_t{4} << 30;  // 4 GiB
+
 struct SafetensorsReadOptions {
   // Reject NaN and infinite elements (FormatError naming the tensor and the element).
   bool require_finite = false;
   // A larger header is taken as a corrupt length field (the reference implementation
   // uses the same 100 MB bound).
   std::uint64_t max_header_bytes = 100'000'000;
+  // A larger file is refused (IoError naming the path, the size and the limit) before
+  // anything is read or allocated for it. 4 GiB by default: the tensors must fit in memory.
+  std::uint64_t max_file_bytes = kDefaultMaxFileBytes;
 };
 
 // The file's bytes: 8-byte length, the JSON header padded with spaces so that the data
@@ -472,8 +478,10 @@ inline Safetensors parse_safetensors(std::span<const std::uint8_t> bytes, std::s
   return result;
 }
 
-// The whole content of a file; IoError naming the path and the OS reason on failure.
-inline std::vector<std::uint8_t> read_file_bytes(const std::filesystem::path& path) {
+// The whole content of a file; IoError naming the path and the OS reason on failure, or
+// the size when it exceeds max_bytes (checked before the buffer is allocated).
+inline std::vector<std::uint8_t> read_file_bytes(const std::filesystem::path& path,
+                                                 std::uint64_t max_bytes = kDefaultMaxFileBytes) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
     throw IoError("cannot read '" + path.string() + "': it is a directory");
@@ -482,6 +490,9 @@ inline std::vector<std::uint8_t> read_file_bytes(const std::filesystem::path& pa
   in.seekg(0, std::ios::end);
   const std::streamoff size = in.tellg();
   if (size < 0) throw IoError("cannot determine the size of '" + path.string() + "'");
+  if (static_cast<std::uint64_t>(size) > max_bytes)
+    throw IoError("cannot read '" + path.string() + "': file size: expected at most " + std::to_string(max_bytes) +
+                  " bytes (max_file_bytes), got " + std::to_string(size));
   in.seekg(0, std::ios::beg);
   std::vector<std::uint8_t> bytes(static_cast<std::size_t>(size));
   if (size > 0 && !in.read(reinterpret_cast<char*>(bytes.data()), size))
@@ -490,7 +501,7 @@ inline std::vector<std::uint8_t> read_file_bytes(const std::filesystem::path& pa
 }
 
 inline Safetensors read_safetensors(const std::filesystem::path& path, const SafetensorsReadOptions& options = {}) {
-  const std::vector<std::uint8_t> bytes = read_file_bytes(path);
+  const std::vector<std::uint8_t> bytes = read_file_bytes(path, options.max_file_bytes);
   return parse_safetensors(bytes, "safetensors file '" + path.string() + "'", options);
 }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "age/core/error.hpp"
+#include "age/core/limits.hpp"
 #include "age/core/rng.hpp"
 #include "age/core/types.hpp"
 
@@ -32,7 +33,10 @@ inline void check_dropout_rate(double p) {
 template <class Sizes>
 void sample_dropout_mask(const Sizes& hidden_sizes, double p, Index columns, Rng& rng, DropoutMask& mask) {
   check_dropout_rate(p);
-  if (columns < 1) throw ConfigError("dropout mask: columns must be >= 1, got " + std::to_string(columns));
+  if (columns < 1) throw ConfigError("dropout mask: columns: expected >= 1, got " + std::to_string(columns));
+  for (auto h : hidden_sizes)
+    detail::check_tensor_size("dropout mask layer (units x columns)", static_cast<std::uint64_t>(h),
+                              static_cast<std::uint64_t>(columns));
   const Scalar keep_scale = static_cast<Scalar>(1.0 / (1.0 - p));
   mask.layers.resize(std::size(hidden_sizes));
   std::size_t l = 0;

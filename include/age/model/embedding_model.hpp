@@ -3,6 +3,7 @@
 // works on the embedding level (it moves the item part of h), so the model exposes both.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <span>
 #include <vector>
@@ -37,7 +38,8 @@ class EmbeddingCtrModel {
   // Embeddings from Normal(0, embedding_std^2) (small, so new ids start near the average
   // prediction); the tower as PyTorch's nn.Linear would be.
   void initialize(Rng& rng, double embedding_std = 0.01) {
-    if (!(embedding_std >= 0.0)) throw ConfigError("embedding_std: expected >= 0, got " + std::to_string(embedding_std));
+    if (!(embedding_std >= 0.0 && std::isfinite(embedding_std)))
+      throw ConfigError("embedding_std: expected a finite value >= 0, got " + std::to_string(embedding_std));
     tables_.initialize_normal(rng, embedding_std);
     tower_.initialize(rng);
   }
@@ -54,7 +56,7 @@ class EmbeddingCtrModel {
   // Features of one request -> user vector (once) and item matrix item_dim x N.
   void embed_request(const SideInput& user, std::span<const SideInput> items, Vector& user_out,
                      Matrix& items_out) const {
-    if (items.empty()) throw InputError("request: candidate list is empty");
+    if (items.empty()) throw InputError("request: items: expected at least 1 candidate, got 0");
     tables_.embed_request(user, items, user_out, items_out);
   }
 

@@ -28,11 +28,13 @@
 #include <cmath>
 #include <concepts>
 #include <cstddef>
+#include <new>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "age/core/error.hpp"
+#include "age/core/limits.hpp"
 #include "age/core/rng.hpp"
 #include "age/core/types.hpp"
 #include "age/model/dropout.hpp"
@@ -106,16 +108,26 @@ class Tower {
   Tower() = default;
   Tower(std::size_t user_dim, std::size_t item_dim, std::vector<std::size_t> hidden)
       : user_dim_(user_dim), item_dim_(item_dim), hidden_(std::move(hidden)) {
-    if (user_dim_ + item_dim_ == 0) throw ConfigError("tower: input dimension must be > 0");
-    if (item_dim_ == 0) throw ConfigError("tower: item_dim must be > 0 (AGE perturbs the item part)");
+    if (item_dim_ == 0) throw ConfigError("tower: item_dim: expected >= 1 (AGE perturbs the item part), got 0");
     for (std::size_t l = 0; l < hidden_.size(); ++l)
-      if (hidden_[l] == 0) throw ConfigError("tower: hidden layer " + std::to_string(l) + " has size 0");
+      if (hidden_[l] == 0) throw ConfigError("tower: hidden[" + std::to_string(l) + "]: expected >= 1 units, got 0");
+    // Every size is bounded before anything is allocated (and before user_dim + item_dim
+    // could overflow), so that an absurd shape is an age::Error, not std::bad_alloc.
+    detail::check_tensor_size("tower: user_dim", user_dim_, 1);
+    detail::check_tensor_size("tower: item_dim", item_dim_, 1);
     const std::size_t layers = hidden_.size() + 1;
+    for (std::size_t l = 0; l < layers; ++l)
+      detail::check_tensor_size("tower: layer " + std::to_string(l) + " weights (out x in)", out_size(l), in_size(l));
     weights_.resize(layers);
     biases_.resize(layers);
     for (std::size_t l = 0; l < layers; ++l) {
-      weights_[l] = Matrix::Zero(static_cast<Index>(out_size(l)), static_cast<Index>(in_size(l)));
-      biases_[l] = Vector::Zero(static_cast<Index>(out_size(l)));
+      try {
+        weights_[l] = Matrix::Zero(static_cast<Index>(out_size(l)), static_cast<Index>(in_size(l)));
+        biases_[l] = Vector::Zero(static_cast<Index>(out_size(l)));
+      } catch (const std::bad_alloc&) {
+        detail::throw_allocation_failed("tower: layer " + std::to_string(l) + " weights (out x in)", out_size(l),
+                                        in_size(l));
+      }
     }
   }
 
@@ -135,13 +147,21 @@ class Tower {
   std::size_t input_dim() const noexcept { return user_dim_ + item_dim_; }
   const std::vector<std::size_t>& hidden() const noexcept { return hidden_; }
   std::size_t num_layers() const noexcept { return weights_.size(); }  // hidden + output
-  std::size_t in_size(std::size_t l) const { return l == 0 ? input_dim() : hidden_.at(l - 1); }
+  std::size_t in_size(std::size_t l) const {
+    if (l == 0) return input_dim();
+    detail::require_index("tower: layer", l, hidden_.size() + 1);
+    return hidden_[l - 1];
+  }
   std::size_t out_size(std::size_t l) const { return l < hidden_.size() ? hidden_[l] : 1; }
 
-  Matrix& weight(std::size_t l) { return weights_.at(l); }
-  const Matrix& weight(std::size_t l) const { return weights_.at(l); }
-  Vector& bias(std::size_t l) { return biases_.at(l); }
-  const Vector& bias(std::size_t l) const { return biases_.at(l); }
+  Matrix& weight(std::size_t l) { return detail::require_index("tower: weight layer", l, weights_.size()), weights_[l]; }
+  const Matrix& weight(std::size_t l) const {
+    return detail::require_index("tower: weight layer", l, weights_.size()), weights_[l];
+  }
+  Vector& bias(std::size_t l) { return detail::require_index("tower: bias layer", l, biases_.size()), biases_[l]; }
+  const Vector& bias(std::size_t l) const {
+    return detail::require_index("tower: bias layer", l, biases_.size()), biases_[l];
+  }
 
   // Number of parameters of the tower.
   std::size_t parameter_count() const noexcept {

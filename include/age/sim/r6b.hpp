@@ -59,14 +59,11 @@ struct R6bFormat {
 
 namespace detail {
 
-// Why a line is malformed; the reader prefixes "<file>:<line>: ".
-class LineError {
+// Why a line is malformed; the reader prefixes "<file>:<line>: ". A FormatError, so that
+// parse_r6b_line's errors are caught with every other age::Error.
+class LineError : public FormatError {
  public:
-  explicit LineError(std::string what) : what_(std::move(what)) {}
-  const std::string& what() const noexcept { return what_; }
-
- private:
-  std::string what_;
+  using FormatError::FormatError;
 };
 
 inline bool is_space(char c) noexcept { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
@@ -114,6 +111,12 @@ inline bool parse_article(std::string_view token, std::uint64_t& id) noexcept {
 inline void parse_r6b_line(std::string_view line, R6bEvent& out, const R6bFormat& format = {}) {
   using detail::LineError;
   using detail::quoted;
+  // A NUL byte is never part of a log line (a corrupt or binary file): refused by name, as
+  // the reader passes lines on exactly, NUL bytes included.
+  if (const void* nul = std::memchr(line.data(), '\0', line.size()))
+    throw LineError("NUL byte at column " +
+                    std::to_string(static_cast<const char*>(nul) - line.data() + 1) +
+                    ": expected text without NUL bytes, got one");
   std::string_view rest = line;
   const std::string_view ts = detail::next_token(rest);
   if (ts.empty()) throw LineError("empty line: expected '<timestamp> <displayed id> <click> |user ...'");
@@ -236,32 +239,53 @@ class R6bReader {
   const std::string& first_skipped() const noexcept { return first_skipped_; }
 
  private:
-  // One line into line_ (without its newline), however long; false at end of file.
+  // One line into line_ (without its newline), however long; false at end of file. Split
+  // at '\n' in our own buffer (not gzgets, whose NUL-terminated result cannot show a NUL
+  // byte inside a line), so every byte reaches the parser and the line count is exact.
   bool read_line() {
     line_.clear();
     bool any = false;
-    char chunk[8192];
-    while (gzgets(file_, chunk, sizeof chunk) != nullptr) {
+    while (begin_ < end_ || fill()) {
       any = true;
-      const std::size_t n = std::strlen(chunk);
-      if (n > 0 && chunk[n - 1] == '\n') {
-        line_.append(chunk, n - 1);
+      const char* start = buffer_.data() + begin_;
+      const std::size_t avail = end_ - begin_;
+      if (const void* nl = std::memchr(start, '\n', avail)) {
+        const auto n = static_cast<std::size_t>(static_cast<const char*>(nl) - start);
+        line_.append(start, n);
+        begin_ += n + 1;
         ++line_number_;
         return true;
       }
-      line_.append(chunk, n);
+      line_.append(start, avail);
+      begin_ = end_;
     }
-    int err = Z_OK;
-    const char* msg = gzerror(file_, &err);
-    if (err != Z_OK && err != Z_STREAM_END)
-      throw FormatError(path_ + ":" + std::to_string(line_number_ + 1) + ": cannot decompress: " + msg);
     if (any) ++line_number_;  // last line without a newline
     return any;
+  }
+
+  // The next block of (decompressed) bytes into buffer_; false at end of file.
+  bool fill() {
+    if (at_end_) return false;
+    const int n = gzread(file_, buffer_.data(), static_cast<unsigned>(buffer_.size()));
+    if (n <= 0) {
+      int err = Z_OK;
+      const char* msg = gzerror(file_, &err);
+      if (n < 0 || (err != Z_OK && err != Z_STREAM_END))
+        throw FormatError(path_ + ":" + std::to_string(line_number_ + 1) + ": cannot decompress: " + msg);
+      at_end_ = true;
+      return false;
+    }
+    begin_ = 0;
+    end_ = static_cast<std::size_t>(n);
+    return true;
   }
 
   std::string path_;
   Options options_;
   gzFile file_ = nullptr;
+  std::vector<char> buffer_ = std::vector<char>(std::size_t{1} << 16);
+  std::size_t begin_ = 0, end_ = 0;  // unread bytes of buffer_
+  bool at_end_ = false;
   std::string line_;
   std::uint64_t line_number_ = 0, events_ = 0, skipped_ = 0;
   std::string first_skipped_;

@@ -55,7 +55,7 @@ concept Optimizer = std::copy_constructible<O> &&
 
 namespace detail {
 inline void require_positive(std::string_view opt, std::string_view setting, double v) {
-  if (!(v > 0.0))
+  if (!(v > 0.0 && std::isfinite(v)))
     throw ConfigError(std::string(opt) + ": " + std::string(setting) + ": expected a value > 0, got " +
                       std::to_string(v));
 }
@@ -103,8 +103,8 @@ struct Adagrad {
 
   void validate() const {
     detail::require_positive(name, "lr", lr);
-    if (!(lr_decay >= 0.0))
-      throw ConfigError("adagrad: lr_decay: expected a value >= 0, got " + std::to_string(lr_decay));
+    if (!(lr_decay >= 0.0 && std::isfinite(lr_decay)))
+      throw ConfigError("adagrad: lr_decay: expected a value >= 0 (finite), got " + std::to_string(lr_decay));
     detail::require_positive(name, "eps", eps);
   }
   int state_slots() const noexcept { return 1; }

@@ -31,9 +31,20 @@ inline void require_non_negative(std::string_view what, double value) {
   require_config(std::isfinite(value) && value >= 0.0, what, "a finite value >= 0", value);
 }
 
-// base = f(h | theta) for every candidate of the request; sizes `out` for N candidates.
+// The request checks every policy makes before scoring (detail::check_request: candidate
+// count within max_candidates, dimensions, finite embeddings), as exceptions.
 template <CtrModel Model>
-void score_base(const Model& model, const Request& request, ScoredRequest& out, typename Model::Workspace& ws) {
+void check_request(const Model& model, const Request& request, Index max_candidates) {
+  detail::require_request(request, static_cast<Index>(model.user_dim()), static_cast<Index>(model.item_dim()),
+                          max_candidates);
+}
+
+// base = f(h | theta) for every candidate of the request, after check_request(); sizes
+// `out` for N candidates.
+template <CtrModel Model>
+void score_base(const Model& model, const Request& request, ScoredRequest& out, typename Model::Workspace& ws,
+                Index max_candidates) {
+  check_request(model, request, max_candidates);
   out.resize(request.size());
   predict_probabilities(model, request.user, request.items, nullptr, ws, out.base);
 }

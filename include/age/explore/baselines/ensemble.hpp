@@ -53,7 +53,9 @@ class EnsembleMembers {
   }
 
   std::size_t size() const noexcept { return members_.size(); }
-  const Model& operator[](std::size_t m) const { return *members_.at(m); }
+  const Model& operator[](std::size_t m) const {
+    return detail::require_index("ensemble: member", m, members_.size()), *members_[m];
+  }
 
   // Row m of `prob` (M x N) = member m's probabilities for every candidate. Each member
   // gets its own model workspace, since a model may cache state in it between calls.
@@ -80,7 +82,7 @@ class EnsembleMembers {
 // Requires: Model satisfies CtrModel; M >= 1 members with equal user_dim and item_dim,
 // which must outlive the policy (ConfigError / DimensionError otherwise).
 template <CtrModel Model>
-class EnsembleTs {
+class EnsembleTs : public CandidateLimit {
  public:
   struct Workspace {
     std::vector<typename Model::Workspace> model;  // one per member
@@ -93,6 +95,7 @@ class EnsembleTs {
       : EnsembleTs(detail::baseline::EnsembleMembers<Model>::pointers(members), seed) {}
 
   void score(const Request& request, ScoredRequest& out, Workspace& ws) const {
+    detail::baseline::check_request(members_[0], request, max_candidates());
     out.resize(request.size());
     members_.predict_all(request, ws.model, ws.prob);
     const auto m = static_cast<Index>(member_for(request.id));
@@ -135,7 +138,7 @@ struct EnsembleUcbConfig {
 // Requires: Model satisfies CtrModel; M >= 2 members (one member has no spread) with equal
 // user_dim and item_dim, which must outlive the policy; c >= 0 and finite (ConfigError).
 template <CtrModel Model>
-class EnsembleUcb {
+class EnsembleUcb : public CandidateLimit {
  public:
   struct Workspace {
     std::vector<typename Model::Workspace> model;  // one per member
@@ -150,6 +153,7 @@ class EnsembleUcb {
       : EnsembleUcb(detail::baseline::EnsembleMembers<Model>::pointers(members), config) {}
 
   void score(const Request& request, ScoredRequest& out, Workspace& ws) const {
+    detail::baseline::check_request(members_[0], request, max_candidates());
     out.resize(request.size());
     members_.predict_all(request, ws.model, ws.prob);
     out.base = ws.prob.colwise().mean();

@@ -62,7 +62,7 @@ enum class GradientOutput { probability, logit };
 
 struct GradientConfig {
   double lambda = 1.0;  // > 0: NeuralTS's regulariser; U starts at lambda for every weight
-  double nu = 1.0;      // >= 0: exploration scale (sigma = nu * ||g|| before any observation)
+  double nu = 1.0;      // > 0: exploration scale (Greedy is the policy without exploration) (sigma = nu * ||g|| before any observation)
   GradientOutput output = GradientOutput::probability;
   std::uint64_t seed = 0;  // with the request id, seeds Gradient-TS's normal draws
 };
@@ -85,13 +85,13 @@ namespace detail::baseline {
 // diagonal U (shaped like the tower's parameters), with its elementwise inverse cached
 // so that scoring is products only.
 template <TowerCtrModel Model>
-class GradientState {
+class GradientState : public CandidateLimit {
  public:
   GradientState(const Model& model, GradientConfig config, const char* name)
       : model_(&model), config_(config), name_(name) {
     require_config(std::isfinite(config_.lambda) && config_.lambda > 0.0, name_ + ".lambda",
                    "a finite value > 0", config_.lambda);
-    require_non_negative(name_ + ".nu", config_.nu);
+    require_config(std::isfinite(config_.nu) && config_.nu > 0.0, name_ + ".nu", "a finite value > 0", config_.nu);
     reset();
   }
 
@@ -126,6 +126,9 @@ class GradientState {
                        "), got " + std::to_string(shown));
     const Tower& t = tower();
     check_shape(t);
+    // A non-finite embedding would poison U for good.
+    detail::require_request(request, static_cast<Index>(t.user_dim()), static_cast<Index>(t.item_dim()),
+                            this->max_candidates());
     const ConstMatrixRef user = request.user.col(request.user.cols() == 1 ? 0 : shown);
     const ConstMatrixRef item = request.items.col(shown);
     t.forward(user, item, nullptr, obs_.tower);
@@ -172,6 +175,8 @@ class GradientState {
   void compute_sigma(const Request& request, GradientWorkspace& ws) const {
     const Tower& t = tower();
     check_shape(t);
+    detail::require_request(request, static_cast<Index>(t.user_dim()), static_cast<Index>(t.item_dim()),
+                            this->max_candidates());
     t.forward(request.user, request.items, nullptr, ws.tower);
     const Index n = request.size();
     const Index di = static_cast<Index>(t.item_dim()), du = static_cast<Index>(t.user_dim());
@@ -282,7 +287,7 @@ class GradientState {
 // not thread-safe and must not run while other threads score.
 // Defaults: lambda = 1, nu = 1 (tune nu to the data), output = probability, seed = 0.
 // Requires: Model satisfies TowerCtrModel; the model must outlive the policy. Throws
-// ConfigError for lambda <= 0 or nu < 0 (or non-finite).
+// ConfigError for lambda <= 0 or nu <= 0 (or non-finite).
 template <TowerCtrModel Model>
 class GradientTs : public detail::baseline::GradientState<Model> {
   using State = detail::baseline::GradientState<Model>;

@@ -14,17 +14,19 @@ namespace age {
 
 // DNN-vanilla: no exploration; candidates are ranked by the model's pCTR.
 //   base = f(h | theta), delta = 0, gate = 0, explored = base.
-// Requires: Model satisfies CtrModel. The policy keeps a pointer to the model, which must
+// Requires: Model satisfies CtrModel. Every baseline checks each request as the AGE scorer
+// does (at most max_candidates() candidates, dimensions, finite embeddings; InputError or
+// DimensionError). The policy keeps a pointer to the model, which must
 // outlive it; later training of the model is seen by the next request.
 template <CtrModel Model>
-class Greedy {
+class Greedy : public CandidateLimit {
  public:
   using Workspace = typename Model::Workspace;
 
   explicit Greedy(const Model& model) noexcept : model_(&model) {}
 
   void score(const Request& request, ScoredRequest& out, Workspace& ws) const {
-    detail::baseline::score_base(*model_, request, out, ws);
+    detail::baseline::score_base(*model_, request, out, ws, this->max_candidates());
     out.delta.setZero();
     std::fill(out.gate.begin(), out.gate.end(), std::uint8_t{0});
     out.explored = out.base;
@@ -45,14 +47,14 @@ class Greedy {
 // so that ranking by `explored` reproduces the permutation exactly, without ties.
 // Requires: Model satisfies CtrModel (only for the reported base). Default seed 0.
 template <CtrModel Model>
-class RandomPolicy {
+class RandomPolicy : public CandidateLimit {
  public:
   using Workspace = typename Model::Workspace;
 
   explicit RandomPolicy(const Model& model, std::uint64_t seed = 0) noexcept : model_(&model), seed_(seed) {}
 
   void score(const Request& request, ScoredRequest& out, Workspace& ws) const {
-    detail::baseline::score_base(*model_, request, out, ws);
+    detail::baseline::score_base(*model_, request, out, ws, this->max_candidates());
     const Index n = request.size();
     out.delta.setZero();
     std::fill(out.gate.begin(), out.gate.end(), std::uint8_t{1});
@@ -91,7 +93,7 @@ struct EpsilonGreedyConfig {
 // (explore?) and, if it explores, one uniform index, both from Rng(seed, request id).
 // Requires: Model satisfies CtrModel. Throws ConfigError if epsilon is outside [0, 1].
 template <CtrModel Model>
-class EpsilonGreedy {
+class EpsilonGreedy : public CandidateLimit {
  public:
   using Workspace = typename Model::Workspace;
   static constexpr Scalar kBonus = 2;
@@ -102,7 +104,7 @@ class EpsilonGreedy {
   }
 
   void score(const Request& request, ScoredRequest& out, Workspace& ws) const {
-    detail::baseline::score_base(*model_, request, out, ws);
+    detail::baseline::score_base(*model_, request, out, ws, this->max_candidates());
     out.delta.setZero();
     std::fill(out.gate.begin(), out.gate.end(), std::uint8_t{0});
     const Index pick = explore_pick(request.id, request.size());

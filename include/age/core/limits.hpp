@@ -1,0 +1,44 @@
+// Bounds that turn absurd sizes into a clear age::Error instead of std::bad_alloc, an
+// overflowing size computation or a crash.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "age/core/error.hpp"
+#include "age/core/types.hpp"
+
+namespace age {
+
+// Largest parameter tensor (tower weight matrix, embedding table) the library allocates:
+// 2^32 elements, 16 GiB of floats. Far above any CTR tower, small enough that a size read
+// from a typo or a corrupt file is refused before it is allocated.
+inline constexpr std::uint64_t kMaxTensorElements = std::uint64_t{1} << 32;
+
+// Default bound on the candidates of one request (AgeScorer and the baselines,
+// set_max_candidates()). A ranking stage scores hundreds to a few thousands; 100000 leaves
+// room while refusing a request whose size is garbage before anything is sized for it.
+inline constexpr Index kDefaultMaxCandidates = 100000;
+
+namespace detail {
+
+// ConfigError unless a rows x cols tensor stays within kMaxTensorElements (and so within
+// Index and size_t arithmetic). `what` names the tensor.
+inline void check_tensor_size(std::string_view what, std::uint64_t rows, std::uint64_t cols) {
+  const bool ok = rows <= kMaxTensorElements && cols <= kMaxTensorElements &&
+                  (rows == 0 || cols <= kMaxTensorElements / rows);
+  if (!ok)
+    throw ConfigError(std::string(what) + ": expected at most " + std::to_string(kMaxTensorElements) +
+                      " elements (rows x cols), got " + std::to_string(rows) + " x " + std::to_string(cols));
+}
+
+// Allocation failure of a tensor within the bound (the machine has less memory) as an
+// age::Error naming the tensor and its size.
+[[noreturn]] inline void throw_allocation_failed(std::string_view what, std::uint64_t rows, std::uint64_t cols) {
+  throw ConfigError(std::string(what) + ": expected memory for " + std::to_string(rows) + " x " +
+                    std::to_string(cols) + " floats, got std::bad_alloc");
+}
+
+}  // namespace detail
+}  // namespace age
