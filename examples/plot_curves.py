@@ -35,7 +35,13 @@ def main(argv):
         return 1
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    for policy, per_visit in curves.items():
+    # Beyond the 10 colours of the default cycle (the full study has 17 policies), every
+    # policy still needs a line of its own: 20 colours, and a second line style after them.
+    # The +-1 std bands only stay readable for a handful of policies.
+    many = len(curves) > 10
+    colours = plt.get_cmap("tab20").colors if many else None
+    bands = len(curves) <= 6
+    for k, (policy, per_visit) in enumerate(curves.items()):
         xs = sorted(per_visit)
         means, lo, hi = [], [], []
         for x in xs:
@@ -46,11 +52,12 @@ def main(argv):
             lo.append(m - s)
             hi.append(m + s)
         seeds = max(len(per_visit[x]) for x in xs)
-        (line,) = ax.plot(xs, means, label="%s (%d seed%s)" % (policy, seeds, "" if seeds == 1 else "s"))
-        if seeds > 1:
+        style = {"color": colours[k % 20], "linestyle": "-" if k < 20 else "--"} if many else {}
+        (line,) = ax.plot(xs, means, label="%s (%d seed%s)" % (policy, seeds, "" if seeds == 1 else "s"), **style)
+        if seeds > 1 and bands:
             ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
     ax.set_xlabel("visits after the warm start")
-    ax.set_ylabel("cumulative clicks (mean over seeds, band: +-1 std)")
+    ax.set_ylabel("cumulative clicks (mean over seeds%s)" % (", band: +-1 std" if bands else ""))
     ax.set_title("age-replay: cumulative clicks per policy")
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left", fontsize=9)
