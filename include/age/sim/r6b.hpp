@@ -112,8 +112,9 @@ inline void parse_r6b_line(std::string_view line, R6bEvent& out, const R6bFormat
   using detail::LineError;
   using detail::quoted;
   // A NUL byte is never part of a log line (a corrupt or binary file): refused by name, as
-  // the reader passes lines on exactly, NUL bytes included.
-  if (const void* nul = std::memchr(line.data(), '\0', line.size()))
+  // the reader passes lines on exactly, NUL bytes included. (memchr on the empty view's
+  // null data() would be undefined, even with a size of 0.)
+  if (const void* nul = line.empty() ? nullptr : std::memchr(line.data(), '\0', line.size()))
     throw LineError("NUL byte at column " +
                     std::to_string(static_cast<const char*>(nul) - line.data() + 1) +
                     ": expected text without NUL bytes, got one");
