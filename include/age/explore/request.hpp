@@ -90,9 +90,6 @@ concept Explorer = requires(const P& policy, const Request& request, ScoredReque
   policy.score(request, out, ws);
 };
 
-// An Explorer whose state learns from the feedback of the candidate that was shown
-// (e.g. Gradient-TS's per-weight accumulator). The replay study calls observe() for every
-// accepted event, after the model has been updated or not, as the policy documents.
 // The bound on a request's candidates that AgeScorer and the baselines enforce
 // (default kDefaultMaxCandidates = 100000, age/core/limits.hpp). Set before the policy is
 // shared between threads.
@@ -189,6 +186,9 @@ Status try_score(const P& policy, const Request& request, ScoredRequest& out, ty
   }
 }
 
+// An Explorer whose state learns from the feedback of the candidate that was shown
+// (e.g. Gradient-TS's per-weight accumulator). The replay study calls observe() for every
+// accepted event, after the model has been updated or not, as the policy documents.
 template <class P>
 concept LearningExplorer = Explorer<P> && requires(P& policy, const Request& request, Index shown, bool clicked) {
   policy.observe(request, shown, clicked);
