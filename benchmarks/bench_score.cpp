@@ -20,9 +20,6 @@
 #include <benchmark/benchmark.h>
 
 #include <malloc.h>
-#ifdef AGE_BENCH_BLAS
-#include <dlfcn.h>
-#endif
 
 #include <algorithm>
 #include <chrono>
@@ -35,6 +32,7 @@
 
 #include "age/explore/baselines.hpp"
 #include "age/explore/scorer.hpp"
+#include "openblas.hpp"
 #include "workload.hpp"
 
 namespace {
@@ -235,16 +233,8 @@ void register_all() {
 #ifdef AGE_BENCH_BLAS
 // OpenBLAS on one thread per caller (as the peer), and its name for the context.
 std::string blas_description() {
-  using Config = char* (*)();
-  using SetThreads = void (*)(int);
-  auto* config = reinterpret_cast<Config>(dlsym(RTLD_DEFAULT, "openblas_get_config"));
-  auto* corename = reinterpret_cast<Config>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
-  auto* set_threads = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
-  if (!config || !set_threads) return "not OpenBLAS (the reference BLAS?)";
-  set_threads(1);
-  std::string d = config();
-  if (corename) d += std::string(", core ") + corename();
-  return d + ", 1 thread";
+  const std::string d = openblas_one_thread();
+  return d.empty() ? "not OpenBLAS (the reference BLAS?)" : d;
 }
 #endif
 

@@ -21,7 +21,6 @@
 // At start-up it checks that it computes what age computes: with age's own dropout masks
 // it must reproduce age's base, delta, gate and explored scores.
 #include <benchmark/benchmark.h>
-#include <dlfcn.h>
 #include <malloc.h>
 #include <torch/torch.h>
 
@@ -34,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "../openblas.hpp"
 #include "../workload.hpp"
 #include "age/explore/baselines.hpp"
 #include "age/explore/scorer.hpp"
@@ -321,18 +321,7 @@ bool check_parity() {
 // --- BLAS -------------------------------------------------------------------------------------
 // Debian's libtorch calls whatever libblas.so.3 the alternatives system points at. The
 // reference BLAS would make the peer a strawman, so it must be OpenBLAS, on one thread.
-std::string blas_description() {
-  using Config = char* (*)();
-  using SetThreads = void (*)(int);
-  auto* config = reinterpret_cast<Config>(dlsym(RTLD_DEFAULT, "openblas_get_config"));
-  auto* corename = reinterpret_cast<Config>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
-  auto* set_threads = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
-  if (!config || !set_threads) return {};
-  set_threads(1);
-  std::string d = config();
-  if (corename) d += std::string(", core ") + corename();
-  return d + ", 1 thread";
-}
+std::string blas_description() { return age::bench::openblas_one_thread(); }
 
 }  // namespace
 

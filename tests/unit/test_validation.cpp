@@ -4,18 +4,11 @@
 // warmed up; weight files over the size limit are refused before they are read; R6B lines
 // with a NUL byte are refused by name.
 
-// Eigen reports any heap allocation while it is forbidden (set_is_malloc_allowed(false));
-// its assertions throw here so that the test sees them in a Release build.
-#define EIGEN_RUNTIME_NO_MALLOC
-#include <stdexcept>
-#define eigen_assert(x)                                              \
-  do {                                                               \
-    if (!(x)) throw std::logic_error("Eigen assertion failed: " #x); \
-  } while (false)
+// First: configures Eigen and replaces operator new (one file per binary).
+#include "allocation_watch.hpp"
 
 #include <catch2/catch.hpp>
 
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -39,34 +32,7 @@
 
 using namespace age;
 
-// Counts operator new calls while `counting` is set (std containers; Eigen is checked by
-// its own hook above). The replacement pairs malloc with free, which GCC cannot see
-// through once inlined into the standard allocators.
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-namespace {
-std::atomic<bool> counting{false};
-std::atomic<long> allocations{0};
-}  // namespace
-void* operator new(std::size_t size) {
-  if (counting.load(std::memory_order_relaxed)) allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t size) { return ::operator new(size); }
-void* operator new(std::size_t size, const std::nothrow_t&) noexcept {
-  try {
-    return ::operator new(size);
-  } catch (const std::bad_alloc&) {
-    return nullptr;
-  }
-}
-void* operator new[](std::size_t size, const std::nothrow_t& tag) noexcept { return ::operator new(size, tag); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
+using age_test::allocations_during;
 
 namespace {
 
@@ -93,23 +59,6 @@ struct World {
   }
 };
 
-// Runs `fn` with heap allocation watched: the number of operator new calls, or -1 if Eigen
-// tried to allocate.
-template <class F>
-long allocations_during(F&& fn) {
-  allocations = 0;
-  counting = true;
-  Eigen::internal::set_is_malloc_allowed(false);
-  bool eigen_ok = true;
-  try {
-    fn();
-  } catch (const std::logic_error&) {
-    eigen_ok = false;
-  }
-  Eigen::internal::set_is_malloc_allowed(true);
-  counting = false;
-  return eigen_ok ? allocations.load() : -1;
-}
 
 // REQUIRE that fn throws exactly the age::Error subclass matching `code` (and so an
 // age::Error), with a message containing every one of `parts`.

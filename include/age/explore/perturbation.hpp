@@ -338,18 +338,24 @@ struct Pgd {
       for (Index n = 0; n < n_cand; ++n) detail::random_direction(whole, rng, ws, n, random_start * ws.radius[n]);
     for (std::size_t t = 0; t < steps; ++t) {
       detail::gradient_at(model, whole, t == 0 && !random, user, items, model_ws, ws);
-      for (Index n = 0; n < n_cand; ++n) {
-        const double eps = ws.radius[n];
-        const double norm = detail::gradient_norm(whole, ws, n);
-        if (eps <= 0.0 || norm == 0.0) continue;
-        const double alpha = step_scale * eps / static_cast<double>(steps);
-        detail::add_scaled_gradient(whole, ws, n, static_cast<Scalar>(alpha / norm));
-        const double r = detail::move_norm(whole, ws, n);
-        if (r > eps) detail::scale_move(whole, ws, n, static_cast<Scalar>(eps / r));  // projection
-      }
+      step(whole, n_cand, ws);
     }
     detail::apply_delta_sign(whole, delta, ws);
     return true;
+  }
+
+  // One step of Eq. (PGD) for every candidate: r += alpha * g / ||g||, then the projection
+  // back onto the ball ||r|| <= eps (the candidate's radius). Shared by both paths.
+  void step(bool whole, Index n_cand, MoveWorkspace& ws) const {
+    for (Index n = 0; n < n_cand; ++n) {
+      const double eps = ws.radius[n];
+      const double norm = detail::gradient_norm(whole, ws, n);
+      if (eps <= 0.0 || norm == 0.0) continue;
+      const double alpha = step_scale * eps / static_cast<double>(steps);
+      detail::add_scaled_gradient(whole, ws, n, static_cast<Scalar>(alpha / norm));
+      const double r = detail::move_norm(whole, ws, n);
+      if (r > eps) detail::scale_move(whole, ws, n, static_cast<Scalar>(eps / r));  // projection
+    }
   }
 
   bool request_ready() const noexcept { return target == PerturbTarget::items; }
@@ -379,15 +385,7 @@ struct Pgd {
         detail::request_moved_probabilities(model, n_cand, model_ws, ws, prob);
         detail::request_gradient(model, true, di, prob, model_ws, ws);
       }
-      for (Index n = 0; n < n_cand; ++n) {
-        const double eps = ws.radius[n];
-        const double norm = detail::gradient_norm(false, ws, n);
-        if (eps <= 0.0 || norm == 0.0) continue;
-        const double alpha = step_scale * eps / static_cast<double>(steps);
-        detail::add_scaled_gradient(false, ws, n, static_cast<Scalar>(alpha / norm));
-        const double r = detail::move_norm(false, ws, n);
-        if (r > eps) detail::scale_move(false, ws, n, static_cast<Scalar>(eps / r));  // projection
-      }
+      step(false, n_cand, ws);
     }
     detail::apply_delta_sign(false, delta, ws);
     detail::request_moved_probabilities(model, n_cand, model_ws, ws, explored);
