@@ -227,6 +227,7 @@ inline void read_tower_tensors(const Safetensors& st, std::string_view prefix, c
     if (starts_with(name, p + ".") && !expected.count(name))
       throw FormatError(where + ": unknown tensor '" + name + "' (tower '" + p + "' has " +
                         std::to_string(hidden.size() + 1) + " layers)");
+  if (tower) tower->commit_weights();
 }
 
 inline void check_tower_prefix(std::string_view prefix) {

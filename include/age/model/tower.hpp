@@ -38,6 +38,7 @@
 #include "age/core/rng.hpp"
 #include "age/core/types.hpp"
 #include "age/model/dropout.hpp"
+#include "age/model/gemm.hpp"
 
 namespace age {
 
@@ -129,6 +130,7 @@ class Tower {
                                         in_size(l));
       }
     }
+    commit_weights();
   }
 
   // PyTorch's nn.Linear default: W and b uniform in +-1/sqrt(fan_in).
@@ -140,6 +142,7 @@ class Tower {
       for (Index i = 0; i < biases_[l].size(); ++i)
         biases_[l].data()[i] = static_cast<Scalar>(rng.uniform(-bound, bound));
     }
+    commit_weights();
   }
 
   std::size_t user_dim() const noexcept { return user_dim_; }
@@ -154,7 +157,17 @@ class Tower {
   }
   std::size_t out_size(std::size_t l) const { return l < hidden_.size() ? hidden_[l] : 1; }
 
-  Matrix& weight(std::size_t l) { return detail::require_index("tower: weight layer", l, weights_.size()), weights_[l]; }
+  // Write access to layer l's weights. It marks the tower as edited: until the next
+  // commit_weights(), input gradients use Eigen's transposed product instead of the
+  // transposed copies (same values up to float rounding, slower). Call commit_weights()
+  // once the edit is done; a reference kept and written through after that call would
+  // leave the copies stale. The library's own writers (initialize, the optimizers,
+  // load_model) commit.
+  Matrix& weight(std::size_t l) {
+    detail::require_index("tower: weight layer", l, weights_.size());
+    weights_committed_ = false;
+    return weights_[l];
+  }
   const Matrix& weight(std::size_t l) const {
     return detail::require_index("tower: weight layer", l, weights_.size()), weights_[l];
   }
@@ -162,6 +175,20 @@ class Tower {
   const Vector& bias(std::size_t l) const {
     return detail::require_index("tower: bias layer", l, biases_.size()), biases_[l];
   }
+
+  // Refreshes the transposed copies of the weights that the input gradient multiplies by
+  // (W_item^T and W_l^T of the layers above), so that it runs on the tower's own product
+  // kernel (age/model/gemm.hpp) like the forward passes. O(parameters); call it after
+  // editing weights through weight(l).
+  void commit_weights() {
+    transposed_.resize(weights_.size());
+    if (weights_.empty()) return;
+    transposed_[0] = weights_[0].rightCols(static_cast<Index>(item_dim_)).transpose();
+    for (std::size_t l = 1; l < weights_.size(); ++l) transposed_[l] = weights_[l].transpose();
+    weights_committed_ = true;
+  }
+  // Whether no weight(l) write access happened since the last commit_weights().
+  bool weights_committed() const noexcept { return weights_committed_; }
 
   // Number of parameters of the tower.
   std::size_t parameter_count() const noexcept {
@@ -200,19 +227,18 @@ class Tower {
       ws.user_pre.resize(weights_[0].rows());
       ws.user_pre.noalias() = w_user * user.col(0);
       ws.user_pre += biases_[0];
-      pre0.colwise() = ws.user_pre;
+      detail::gemm_from_column(pre0, ws.user_pre, w_item, items);
     } else {
       pre0.colwise() = biases_[0];
       if (du > 0) pre0.noalias() += w_user * user;
+      detail::gemm_add(pre0, w_item, items);
     }
-    pre0.noalias() += w_item * items;
 
     for (std::size_t l = 0; l < layers; ++l) {
       if (l > 0) {
         Matrix& pre = ws.pre[l];
         pre.resize(weights_[l].rows(), n);
-        pre.colwise() = biases_[l];
-        pre.noalias() += weights_[l] * ws.act[l - 1];
+        layer_product(l, ws.act[l - 1], pre);
       }
       if (l < hidden_.size()) activate(l, ws);
     }
@@ -259,13 +285,13 @@ class Tower {
       // Through layer l's weights, then the mask and ReLU of hidden layer l - 1.
       Matrix& below = ws.d_pre[l - 1];
       below.resize(weights_[l].cols(), n);
-      below.noalias() = weights_[l].transpose() * d_pre;
+      transposed_product(l, d_pre, below);
       backprop_activation(l - 1, ws);
     }
     const Index du = static_cast<Index>(user_dim_), di = static_cast<Index>(item_dim_);
     if (d_items) {
       d_items->resize(di, n);
-      d_items->noalias() = weights_[0].rightCols(di).transpose() * ws.d_pre[0];
+      transposed_product(0, ws.d_pre[0], *d_items);
     }
     if (d_user) {
       d_user->resize(du, n);
@@ -398,8 +424,7 @@ class Tower {
       auto a = detail::scratch_cols(rq.act[0], weights_[0].rows(), k);
       a = ws.pre[0].leftCols(k).cwiseMax(Scalar(0));
       apply_mask(mask->layers[0], a);
-      p1.colwise() = biases_[1];
-      p1.noalias() += weights_[1] * a;
+      layer_product(1, a, p1);
     }
     if (top == 0) {  // layer 1 was the output
       out = p1.row(0);
@@ -409,9 +434,7 @@ class Tower {
       auto a = detail::scratch_cols(rq.act[l], weights_[l].rows(), k);
       a = rq.pre[l].leftCols(k).cwiseMax(Scalar(0));
       apply_mask(mask->layers[l], a);
-      auto p = detail::scratch_cols(rq.pre[l + 1], weights_[l + 1].rows(), k);
-      p.colwise() = biases_[l + 1];
-      p.noalias() += weights_[l + 1] * a;
+      layer_product(l + 1, a, detail::scratch_cols(rq.pre[l + 1], weights_[l + 1].rows(), k));
     }
     if (fold_top) {
       for (Index n = 0; n < k; ++n) out[n] = rq.output_weights.dot(rq.pre[top].col(n).cwiseMax(Scalar(0))) + b_out;
@@ -451,13 +474,11 @@ class Tower {
     prepare(rq);
     auto p0 = detail::scratch_cols(rq.pre[0], weights_[0].rows(), k);
     p0 = ws.pre[0].leftCols(k);
-    p0.noalias() += weights_[0].rightCols(static_cast<Index>(item_dim_)) * d_items;
+    detail::gemm_add(p0, weights_[0].rightCols(static_cast<Index>(item_dim_)), d_items);
     for (std::size_t l = 0; l < hidden_.size(); ++l) {
       auto a = detail::scratch_cols(rq.act[l], weights_[l].rows(), k);
       a = rq.pre[l].leftCols(k).cwiseMax(Scalar(0));
-      auto p = detail::scratch_cols(rq.pre[l + 1], weights_[l + 1].rows(), k);
-      p.colwise() = biases_[l + 1];
-      p.noalias() += weights_[l + 1] * a;
+      layer_product(l + 1, a, detail::scratch_cols(rq.pre[l + 1], weights_[l + 1].rows(), k));
     }
     out = rq.pre.back().row(0).head(k);
     rq.moved_valid = true;
@@ -568,10 +589,36 @@ class Tower {
       d.col(n) = (pre[top].col(n).array() > Scalar(0)).select(d_logit[n] * w_out.transpose().array(), Scalar(0));
     for (std::size_t l = top; l > 0; --l) {
       auto below = detail::scratch_cols(rq.act[l - 1], weights_[l - 1].rows(), k);
-      below.noalias() = weights_[l].transpose() * rq.act[l].leftCols(k);
+      transposed_product(l, rq.act[l].leftCols(k), below);
       below = (pre[l - 1].leftCols(k).array() > Scalar(0)).select(below, Scalar(0));
     }
-    g.noalias() = w_item.transpose() * rq.act[0].leftCols(k);
+    transposed_product(0, rq.act[0].leftCols(k), g);
+  }
+
+  // pre = b_l 1^T + W_l a for layer l >= 1: the tower's own product kernel
+  // (age/model/gemm.hpp), or Eigen's for a layer narrower than one vector (the output
+  // logit), where the kernel would fall back to one scalar dot product per candidate.
+  void layer_product(std::size_t l, ConstMatrixRef a, MatrixRef pre) const {
+    if (weights_[l].rows() >= detail::gemm_kernel::kWidth) {
+      detail::gemm_from_column(pre, biases_[l], weights_[l], a);
+    } else {
+      pre.colwise() = biases_[l];
+      pre.noalias() += weights_[l] * a;
+    }
+  }
+
+  // y = W_l^T d (layer l >= 1) or W_item^T d (l = 0), the products of the input gradient:
+  // the product kernel on the committed transposed copy, or Eigen's transposed product
+  // while the weights are being edited (see weight()) or the output is narrower than one
+  // vector.
+  void transposed_product(std::size_t l, ConstMatrixRef d, MatrixRef y) const {
+    if (weights_committed_ && y.rows() >= detail::gemm_kernel::kWidth) {
+      detail::gemm_assign(y, transposed_[l], d);
+    } else if (l == 0) {
+      y.noalias() = weights_[0].rightCols(static_cast<Index>(item_dim_)).transpose() * d;
+    } else {
+      y.noalias() = weights_[l].transpose() * d;
+    }
   }
 
   // act_l = ReLU(pre_l), times the dropout mask when there is one.
@@ -600,6 +647,10 @@ class Tower {
   std::vector<std::size_t> hidden_;
   std::vector<Matrix> weights_;
   std::vector<Vector> biases_;
+  // transposed_[0] = W_item^T, transposed_[l] = W_l^T (l >= 1), as of the last
+  // commit_weights(); used only while weights_committed_.
+  std::vector<Matrix> transposed_;
+  bool weights_committed_ = false;
 };
 
 // The optional request passes of a CtrModel (age/model/ctr_model.hpp), as Tower and

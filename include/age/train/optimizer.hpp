@@ -275,6 +275,7 @@ class TowerOptimizer {
       update_dense(opt_, tower.weight(l), grads.weights[l], weights_[l]);
       update_dense(opt_, tower.bias(l), grads.biases[l], biases_[l]);
     }
+    tower.commit_weights();
   }
 
   void reset() {

@@ -1,0 +1,135 @@
+// The tower's product kernel (age/model/gemm.hpp) against Eigen's products, on every
+// block and tail shape: rows around the vector width and the register block, candidate
+// counts around the column block, operands that are column ranges of larger matrices;
+// and the transposed weight copies of Tower::commit_weights().
+//
+// This file is also built with -mavx2 -mfma and with -march=native (tests/CMakeLists.txt,
+// age_test_gemm_avx2 / age_test_gemm_native), so that the 8- and 16-float kernels are
+// checked as well as the portable 4-float one; the first case names the width it ran.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <string>
+
+#include "age/core/rng.hpp"
+#include "age/model/gemm.hpp"
+#include "age/model/tower.hpp"
+#include "age/train/optimizer.hpp"
+
+namespace {
+
+using namespace age;
+
+Matrix random_matrix(Index rows, Index cols, Rng& rng) {
+  Matrix m(rows, cols);
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<Scalar>(rng.uniform(-1, 1));
+  return m;
+}
+
+// Largest |a - b| relative to the size of a sum of k products of values in [-1, 1].
+double max_error(const Matrix& a, const Matrix& b, Index k) {
+  return static_cast<double>((a - b).cwiseAbs().maxCoeff()) / std::sqrt(static_cast<double>(std::max<Index>(k, 1)));
+}
+
+}  // namespace
+
+TEST_CASE("product kernel: equals Eigen's product for every block and tail shape", "[gemm]") {
+  const Index kWidth = detail::gemm_kernel::kWidth, kCols = detail::gemm_kernel::kCols,
+              kRowVectors = detail::gemm_kernel::kRowVectors;
+  INFO("vector width " << kWidth << " floats, block " << kRowVectors << " x " << kCols);
+  const Index block_rows = kRowVectors * kWidth;
+  Rng rng(11, 3);
+  // Rows: below one vector, one vector, a block, and each with one more or one fewer.
+  for (Index m : {Index{1}, Index{3}, kWidth - 1, kWidth, kWidth + 1, block_rows - 1, block_rows, block_rows + 1,
+                  2 * block_rows + kWidth + 3, Index{256}}) {
+    for (Index n : {Index{1}, Index{2}, kCols - 1, kCols, kCols + 1, 2 * kCols + 1, Index{10}, Index{37}}) {
+      for (Index k : {Index{1}, Index{7}, Index{64}}) {
+        CAPTURE(m, n, k);
+        const Matrix a = random_matrix(m, k, rng), x = random_matrix(k, n, rng), y0 = random_matrix(m, n, rng);
+        const Vector c = random_matrix(m, 1, rng);
+        const Matrix expected_assign = a * x;
+
+        Matrix y = y0;
+        detail::gemm_assign(y, a, x);
+        CHECK(max_error(y, expected_assign, k) < 1e-6);
+
+        y = y0;
+        detail::gemm_add(y, a, x);
+        CHECK(max_error(y, y0 + expected_assign, k) < 1e-6);
+
+        y = y0;
+        detail::gemm_from_column(y, c, a, x);
+        const Matrix expected_column = (expected_assign.colwise() + c).eval();
+        CHECK(max_error(y, expected_column, k) < 1e-6);
+      }
+    }
+  }
+}
+
+TEST_CASE("product kernel: operands that are column ranges of larger matrices", "[gemm]") {
+  Rng rng(12, 3);
+  // W = [W_user | W_item] as in the tower: the item block starts mid-matrix, with the
+  // full matrix's column stride; the output is the first columns of a wider scratch.
+  const Matrix w = random_matrix(67, 30, rng);
+  const auto w_item = w.rightCols(11);
+  const Matrix items = random_matrix(11, 9, rng);
+  Matrix scratch = Matrix::Constant(67, 20, 5.0f);
+  detail::gemm_assign(scratch.leftCols(9), w_item, items);
+  const Matrix expected = w_item * items;
+  CHECK(max_error(scratch.leftCols(9), expected, 11) < 1e-6);
+  // Columns beyond the output are untouched.
+  CHECK((scratch.rightCols(11).array() == 5.0f).all());
+  // An input block with a column stride larger than its rows (the top rows of a matrix).
+  const Matrix tall = random_matrix(40, 9, rng);
+  const auto x_rows = tall.topRows(11);
+  Matrix y(67, 9);
+  detail::gemm_assign(y, w_item, x_rows);
+  CHECK(max_error(y, w_item * x_rows, 11) < 1e-6);
+}
+
+TEST_CASE("tower: committed transposed weights give the same input gradient as Eigen's product", "[gemm]") {
+  Rng rng(13, 3);
+  Tower tower(20, 24, {40, 17});
+  tower.initialize(rng);
+  REQUIRE(tower.weights_committed());  // initialize() commits
+  const Matrix user = random_matrix(20, 1, rng), items = random_matrix(24, 9, rng);
+
+  TowerWorkspace ws;
+  RowVector prob(9);
+  Matrix fast, plain;
+  tower.probability_gradient(user, items, nullptr, ws, prob, &fast);
+
+  // Write access marks the tower edited: the gradient falls back to Eigen's product.
+  tower.weight(1)(0, 0) += 0.0f;
+  REQUIRE_FALSE(tower.weights_committed());
+  tower.probability_gradient(user, items, nullptr, ws, prob, &plain);
+  CHECK(max_error(fast, plain, 40) < 1e-6);
+
+  // An edit that is not committed is still seen by the gradient (no stale copy) ...
+  tower.weight(1)(3, 5) += 0.5f;
+  tower.weight(0)(7, 20 + 2) -= 0.25f;  // an item-part weight of layer 0
+  Matrix edited;
+  tower.probability_gradient(user, items, nullptr, ws, prob, &edited);
+  CHECK(max_error(edited, plain, 40) > 1e-4);
+  // ... and after commit_weights() the kernel's copies agree with it.
+  tower.commit_weights();
+  REQUIRE(tower.weights_committed());
+  Matrix committed;
+  tower.probability_gradient(user, items, nullptr, ws, prob, &committed);
+  CHECK(max_error(committed, edited, 40) < 1e-6);
+}
+
+TEST_CASE("tower: an optimizer step commits the weights it changes", "[gemm]") {
+  Rng rng(14, 3);
+  Tower tower(6, 8, {16});
+  tower.initialize(rng);
+  TowerGradients grads;
+  for (std::size_t l = 0; l < tower.num_layers(); ++l) {
+    grads.weights.push_back(Matrix::Ones(tower.weight(l).rows(), tower.weight(l).cols()));
+    grads.biases.push_back(Vector::Ones(tower.bias(l).size()));
+  }
+  REQUIRE_FALSE(tower.weights_committed());  // weight(l) above was write access
+  TowerOptimizer<Sgd> sgd(Sgd{.lr = 0.1});
+  sgd.update(tower, grads);
+  CHECK(tower.weights_committed());
+}
