@@ -8,6 +8,9 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
 #include <thread>
 #include <vector>
 
@@ -456,6 +459,29 @@ TEST_CASE("warmed up once, scoring allocates nothing whatever the number of open
         }) == 0);
   std::sort(opened.begin(), opened.end());
   CHECK(std::unique(opened.begin(), opened.end()) - opened.begin() >= 4);  // the gates differed
+}
+
+TEST_CASE("ScoredRequest::rank(): descending, ties by lower index, -0 with +0, NaN last", "[scorer]") {
+  const Scalar nan = std::numeric_limits<Scalar>::quiet_NaN(), inf = std::numeric_limits<Scalar>::infinity();
+  ScoredRequest out;
+  out.explored = RowVector(12);
+  out.explored << 0.5f, nan, -0.0f, 0.25f, inf, 0.0f, -inf, 0.5f, nan, -1e-30f, 1e-30f, 0.25f;
+  out.rank();
+  // Written out by hand: inf; 0.5 (1, 7); 0.25 (3, 11); 1e-30; -0 and +0 tied (2, 5);
+  // -1e-30; -inf; then the NaNs by index.
+  const std::vector<Index> expected{4, 0, 7, 3, 11, 10, 2, 5, 9, 6, 1, 8};
+  CHECK(out.ranking == expected);
+  // The same order from a stable sort with an explicit comparator, on random scores with
+  // many ties.
+  Rng rng(21, 1);
+  out.explored = RowVector(500);
+  for (Index i = 0; i < 500; ++i) out.explored[i] = static_cast<Scalar>(std::floor(rng.uniform(0, 40)));
+  out.rank();
+  std::vector<Index> reference(500);
+  std::iota(reference.begin(), reference.end(), Index{0});
+  std::stable_sort(reference.begin(), reference.end(),
+                   [&](Index a, Index b) { return out.explored[a] > out.explored[b]; });
+  CHECK(out.ranking == reference);
 }
 
 TEST_CASE("the scorer's ranking is ScoredRequest::rank()'s order, ties by lower index", "[scorer]") {

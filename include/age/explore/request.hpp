@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <concepts>
 #include <cstdint>
@@ -57,15 +58,38 @@ struct ScoredRequest {
     ranking.resize(static_cast<std::size_t>(n));
   }
 
-  // Orders `ranking` by explored score, descending, stable in the candidate index.
+  // Orders `ranking` by explored score, descending, ties by the lower candidate index (the
+  // order of a stable sort); NaN scores rank last, -0 ranks with +0. Sorts integer keys in
+  // the ranking's own storage -- the score's bits mapped to an unsigned order (descending)
+  // above the candidate's index -- so it allocates nothing once sized and compares no
+  // floats through an indirection (the comparator sort it replaces took ~7% of a greedy
+  // request of 1000 candidates).
   void rank() {
-    ranking.resize(static_cast<std::size_t>(explored.size()));
-    std::iota(ranking.begin(), ranking.end(), Index{0});
-    // std::sort with the index as tie-breaker: same order as a stable sort, but without
-    // stable_sort's temporary buffer, so ranking allocates nothing on the hot path.
-    std::sort(ranking.begin(), ranking.end(), [this](Index a, Index b) {
-      return explored[a] > explored[b] || (explored[a] == explored[b] && a < b);
-    });
+    const Index n = explored.size();
+    ranking.resize(static_cast<std::size_t>(n));
+    if (n >= (Index{1} << 32)) {  // the index would not fit in the key's low half
+      std::iota(ranking.begin(), ranking.end(), Index{0});
+      std::sort(ranking.begin(), ranking.end(), [this](Index a, Index b) {
+        const Scalar x = explored[a], y = explored[b];
+        const bool x_nan = x != x, y_nan = y != y;
+        if (x_nan != y_nan) return y_nan;  // a number ranks before NaN
+        if (!x_nan && x != y) return x > y;
+        return a < b;
+      });
+      return;
+    }
+    static_assert(sizeof(Index) == sizeof(std::uint64_t));
+    // Signed and unsigned forms of one integer type may alias each other.
+    auto* keys = reinterpret_cast<std::uint64_t*>(ranking.data());
+    for (Index i = 0; i < n; ++i) {
+      const Scalar v = explored[i] + Scalar(0);  // -0 ranks with +0
+      std::uint32_t bits = std::bit_cast<std::uint32_t>(v);
+      bits = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);  // ascending order of floats
+      if (v != v) bits = 0;                                          // NaN: lowest
+      keys[i] = (static_cast<std::uint64_t>(~bits) << 32) | static_cast<std::uint64_t>(i);
+    }
+    std::sort(keys, keys + n);
+    for (Index i = 0; i < n; ++i) keys[i] &= 0xffffffffu;
   }
 
   // The k best candidates (all of them when k >= N).

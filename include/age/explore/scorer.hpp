@@ -43,10 +43,8 @@
 #pragma once
 
 #include <algorithm>
-#include <bit>
 #include <cstddef>
 #include <cstdint>
-#include <numeric>
 #include <span>
 #include <string>
 #include <vector>
@@ -191,7 +189,7 @@ class AgeScorer : public CandidateLimit {
     } else if (k > 0) {
       explore_subset(request, out, ws, perturbation_stream);
     }
-    rank_in_place(out);
+    out.rank();
   }
 
  public:
@@ -263,35 +261,7 @@ class AgeScorer : public CandidateLimit {
       perturbation_.explore_request(model, base, delta, perturbation_stream, ws.model, ws.perturbation, explored);
       for (Index j = 0; j < k; ++j) out.explored[ws.open[static_cast<std::size_t>(j)]] = explored[j];
     }
-    rank_in_place(out);
-  }
-
-  // The order ScoredRequest::rank() defines (explored descending, ties by lower index),
-  // by sorting integer keys: the score's bits mapped to an unsigned order (descending)
-  // above the candidate's index, in the ranking's own storage (no buffer, no indirection).
-  // NaN scores rank last.
-  static void rank_in_place(ScoredRequest& out) {
-    const Index n = out.explored.size();
-    out.ranking.resize(static_cast<std::size_t>(n));
-    const RowVector& e = out.explored;
-    if (n >= (Index{1} << 32)) {
-      std::iota(out.ranking.begin(), out.ranking.end(), Index{0});
-      std::sort(out.ranking.begin(), out.ranking.end(),
-                [&e](Index a, Index b) { return e[a] > e[b] || (!(e[b] > e[a]) && a < b); });
-      return;
-    }
-    static_assert(sizeof(Index) == sizeof(std::uint64_t));
-    // Signed and unsigned forms of one integer type may alias each other.
-    auto* keys = reinterpret_cast<std::uint64_t*>(out.ranking.data());
-    for (Index i = 0; i < n; ++i) {
-      const Scalar v = e[i] + Scalar(0);  // -0 ranks with +0
-      std::uint32_t bits = std::bit_cast<std::uint32_t>(v);
-      bits = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);  // ascending order of floats
-      if (v != v) bits = 0;                                          // NaN: lowest
-      keys[i] = (static_cast<std::uint64_t>(~bits) << 32) | static_cast<std::uint64_t>(i);
-    }
-    std::sort(keys, keys + n);
-    for (Index i = 0; i < n; ++i) keys[i] &= 0xffffffffu;
+    out.rank();
   }
 
   // Moves only the open candidates: gathered into contiguous columns, explored as one
