@@ -505,3 +505,34 @@ TEST_CASE("the scorer's ranking is ScoredRequest::rank()'s order, ties by lower 
     ties += out.explored[out.ranking[r - 1]] == out.explored[out.ranking[r]] ? 1 : 0;
   CHECK(ties >= n / 2);
 }
+
+TEST_CASE("certified linear moves leave the scores of FGM, PGD and random starts unchanged", "[scorer]") {
+  // The same world twice, one tower with Tower::set_linear_moves(false): every moved pass
+  // in full. Move sizes from the paper's lambda' (all certified) to large (few certified).
+  const World on;
+  World off;
+  off.model.tower().set_linear_moves(false);
+  REQUIRE(on.model.tower().linear_moves());
+  int moved = 0;
+  for (double lambda : {1e-3, 0.3, 3.0}) {
+    INFO("lambda' = " << lambda);
+    const AgeTsFgm<EmbeddingCtrModel> fgm_on(on.model, DguGate(on.dgu), McDropoutTs{0.1}, Fgm{.lambda = lambda}, 5);
+    const AgeTsFgm<EmbeddingCtrModel> fgm_off(off.model, DguGate(off.dgu), McDropoutTs{0.1}, Fgm{.lambda = lambda}, 5);
+    const AgeTs<EmbeddingCtrModel> pgd_on(on.model, DguGate(on.dgu), McDropoutTs{0.1}, Pgd{.lambda = lambda}, 5);
+    const AgeTs<EmbeddingCtrModel> pgd_off(off.model, DguGate(off.dgu), McDropoutTs{0.1}, Pgd{.lambda = lambda}, 5);
+    const AgeTs<EmbeddingCtrModel> start_on(on.model, DguGate(on.dgu), McDropoutTs{0.1},
+                                            Pgd{.lambda = lambda, .random_start = 0.5}, 5);
+    const AgeTs<EmbeddingCtrModel> start_off(off.model, DguGate(off.dgu), McDropoutTs{0.1},
+                                             Pgd{.lambda = lambda, .random_start = 0.5}, 5);
+    for (std::uint64_t id = 1; id <= 4; ++id) {
+      const ScoredRequest a = fgm_on.score(on.request(id)), b = fgm_off.score(off.request(id));
+      const ScoredRequest c = pgd_on.score(on.request(id)), d = pgd_off.score(off.request(id));
+      const ScoredRequest e = start_on.score(on.request(id)), f = start_off.score(off.request(id));
+      CHECK((a.explored - b.explored).cwiseAbs().maxCoeff() < 1e-6f);
+      CHECK((c.explored - d.explored).cwiseAbs().maxCoeff() < 1e-6f);
+      CHECK((e.explored - f.explored).cwiseAbs().maxCoeff() < 1e-6f);
+      moved += ((a.explored - a.base).array() != 0).count() + ((c.explored - c.base).array() != 0).count();
+    }
+  }
+  CHECK(moved > 50);  // the moves did change scores
+}

@@ -28,6 +28,7 @@
 #include <cmath>
 #include <concepts>
 #include <cstddef>
+#include <limits>
 #include <new>
 #include <span>
 #include <string>
@@ -65,6 +66,14 @@ struct TowerRequestScratch {
   RowVector logits;          // the no-dropout logits of the request's candidates
   Vector output_weights;     // w_out with a shared mask of the top hidden layer folded in
   bool moved_valid = false;  // pre holds a moved pass (request_moved_item_gradient reads it)
+  // Certified linear moves (Tower::set_linear_moves): the logit's input gradient at the
+  // cached point, and which candidates of the last moved pass were computed in full.
+  Matrix unit_gradient;            // d logit / d items, item_dim x columns
+  bool unit_gradient_valid = false;
+  bool moved_linear = false;       // the last moved pass certified some candidates
+  std::vector<Index> full_moves;   // ... and computed these in full (pre holds them, gathered)
+  Matrix gathered;                 // item_dim x |full_moves|: their moves, then their gradients
+  RowVector radius, gathered_logit, ones;
 };
 
 // Caller-owned scratch space for the passes of one thread. Holds the cached
@@ -185,6 +194,22 @@ class Tower {
     if (weights_.empty()) return;
     transposed_[0] = weights_[0].rightCols(static_cast<Index>(item_dim_)).transpose();
     for (std::size_t l = 1; l < weights_.size(); ++l) transposed_[l] = weights_[l].transpose();
+    // 1 / (bound of |delta pre_l[o]| per unit length of the item move), for the certified
+    // linear moves (set_linear_moves): ||W_item[o, :]|| for layer 0, ||W_l[o, :]|| times the
+    // Frobenius norms of the layers below for the others. A unit that cannot move gets a
+    // bound of FLT_MIN (its radius is then huge, or 0 at pre = 0: no certificate).
+    inverse_move_bound_.resize(hidden_.size());
+    double below = 1.0;  // product of the Frobenius norms of the layers below
+    for (std::size_t l = 0; l < hidden_.size(); ++l) {
+      const auto w = l == 0 ? weights_[0].rightCols(static_cast<Index>(item_dim_)) : weights_[l].leftCols(weights_[l].cols());
+      Vector& inv = inverse_move_bound_[l];
+      inv.resize(w.rows());
+      for (Index o = 0; o < w.rows(); ++o) {
+        const double bound = below * static_cast<double>(w.row(o).norm());
+        inv[o] = static_cast<Scalar>(1.0 / std::max(bound, static_cast<double>(std::numeric_limits<Scalar>::min())));
+      }
+      below *= static_cast<double>(w.norm());
+    }
     weights_committed_ = true;
   }
   // Whether no weight(l) write access happened since the last commit_weights().
@@ -340,6 +365,7 @@ class Tower {
     rq.columns = items.cols();
     rq.active = true;
     rq.moved_valid = false;
+    rq.unit_gradient_valid = false;
     // Every scratch buffer sized now for N, whichever passes follow (which ones, and on how
     // many candidates, changes from request to request): none allocates afterwards.
     prepare(rq);
@@ -347,6 +373,12 @@ class Tower {
       detail::scratch_cols(rq.pre[l], weights_[l].rows(), rq.columns);
       if (l < hidden_.size()) detail::scratch_cols(rq.act[l], weights_[l].rows(), rq.columns);
     }
+    detail::scratch_cols(rq.unit_gradient, static_cast<Index>(item_dim_), rq.columns);
+    detail::scratch_cols(rq.gathered, static_cast<Index>(item_dim_), rq.columns);
+    detail::scratch_head(rq.radius, rq.columns);
+    detail::scratch_head(rq.gathered_logit, rq.columns);
+    detail::scratch_head(rq.ones, rq.columns);
+    rq.full_moves.reserve(static_cast<std::size_t>(rq.columns));
     detail::scratch_head(rq.logits, rq.columns) = out;
     if (!hidden_.empty()) rq.output_weights.resize(static_cast<Index>(hidden_.back()));
   }
@@ -381,6 +413,7 @@ class Tower {
     }
     ws.request.columns = k;
     ws.request.moved_valid = false;
+    ws.request.unit_gradient_valid = false;
   }
 
   // Logits of the request's candidates under a dropout mask (1 or request_size() columns;
@@ -455,8 +488,24 @@ class Tower {
   void request_item_gradient(Eigen::Ref<const RowVector> d_logit, TowerWorkspace& ws,
                              Eigen::Ref<Matrix> d_items) const {
     require_request(ws, "request_item_gradient");
-    prepare(ws.request);
-    item_gradient(ws.pre, d_logit, ws.request, d_items);
+    TowerRequestScratch& rq = ws.request;
+    prepare(rq);
+    if (!linear_moves_) {
+      item_gradient(ws.pre, d_logit, rq, d_items);
+      return;
+    }
+    // The logit's own gradient is kept for certified linear moves, then scaled by d_logit.
+    const Index k = rq.columns;
+    detail::require_dim("request_item_gradient: d_logit length", static_cast<std::size_t>(k),
+                        static_cast<std::size_t>(d_logit.size()));
+    detail::require_dim("request_item_gradient: output columns (candidates)", static_cast<std::size_t>(k),
+                        static_cast<std::size_t>(d_items.cols()));
+    auto ones = detail::scratch_head(rq.ones, k);
+    ones.setOnes();
+    auto unit = detail::scratch_cols(rq.unit_gradient, static_cast<Index>(item_dim_), k);
+    item_gradient(ws.pre, ones, rq, unit);
+    rq.unit_gradient_valid = true;
+    d_items.noalias() = unit * d_logit.asDiagonal();
   }
 
   // Logits at h + dh with only the item part moved (d_items: item_dim x k), from the
@@ -472,25 +521,86 @@ class Tower {
     detail::require_dim("request_moved_logits: output length", static_cast<std::size_t>(k),
                         static_cast<std::size_t>(out.size()));
     prepare(rq);
-    auto p0 = detail::scratch_cols(rq.pre[0], weights_[0].rows(), k);
-    p0 = ws.pre[0].leftCols(k);
-    detail::gemm_add(p0, weights_[0].rightCols(static_cast<Index>(item_dim_)), d_items);
-    for (std::size_t l = 0; l < hidden_.size(); ++l) {
-      auto a = detail::scratch_cols(rq.act[l], weights_[l].rows(), k);
-      a = rq.pre[l].leftCols(k).cwiseMax(Scalar(0));
-      layer_product(l + 1, a, detail::scratch_cols(rq.pre[l + 1], weights_[l + 1].rows(), k));
-    }
-    out = rq.pre.back().row(0).head(k);
     rq.moved_valid = true;
+    rq.moved_linear = linear_moves_ && rq.unit_gradient_valid && weights_committed_;
+    if (!rq.moved_linear) {
+      moved_pass(d_items, ws, k);
+      out = rq.pre.back().row(0).head(k);
+      return;
+    }
+    // Certified linear moves (set_linear_moves): a candidate whose move is shorter than its
+    // radius stays in one linear piece of the network, where logit(h + dh) = logit(h) +
+    // grad . dh exactly; the others get the pass in full, gathered.
+    auto radius = detail::scratch_head(rq.radius, k);
+    linear_radius(ws, radius);
+    rq.full_moves.clear();
+    for (Index n = 0; n < k; ++n) {
+      if (d_items.col(n).norm() < radius[n])
+        out[n] = rq.logits[n] + rq.unit_gradient.col(n).dot(d_items.col(n));
+      else
+        rq.full_moves.push_back(n);
+    }
+    const Index m = static_cast<Index>(rq.full_moves.size());
+    if (m == 0) return;
+    auto moves = detail::scratch_cols(rq.gathered, static_cast<Index>(item_dim_), m);
+    for (Index j = 0; j < m; ++j) moves.col(j) = d_items.col(rq.full_moves[static_cast<std::size_t>(j)]);
+    moved_pass(moves, ws, m, rq.full_moves.data());
+    for (Index j = 0; j < m; ++j) out[rq.full_moves[static_cast<std::size_t>(j)]] = rq.pre.back()(0, j);
+  }
+
+  // Certified linear moves. A ReLU network is linear between two points where no hidden
+  // unit changes sign, so for a move dh of the item part that provably flips no unit,
+  //   logit(h + dh) = logit(h) + d logit/d items . dh        (exactly, up to float rounding)
+  // and the moved pass (two matrix products per candidate) can be skipped; PGD's gradient
+  // at h + dh is then the one at h. The proof is a radius per candidate: with
+  //   |delta pre0_j| <= ||W_item[j, :]|| ||dh||,  ||delta a_l|| <= ||delta pre_l|| (ReLU is
+  //   1-Lipschitz),  |delta pre_l[o]| <= ||W_l[o, :]|| ||delta a_{l-1}||,
+  //   ||delta pre_l|| <= ||W_l||_F ||delta a_{l-1}||,
+  // no unit flips while ||dh|| < r = min over hidden units of |pre| / bound (bounds from
+  // commit_weights(), with a 1% margin for float rounding). At exploration's move sizes
+  // (lambda' |delta_y| ~ 1e-5 .. 1e-3 in embedding units) nearly every candidate is
+  // certified; the rest, and every move when this is off, run the pass in full. On by
+  // default; off reproduces the full passes' float rounding exactly.
+  void set_linear_moves(bool on) noexcept { linear_moves_ = on; }
+  bool linear_moves() const noexcept { return linear_moves_; }
+
+  // The certified radius of each of the request's candidates (see set_linear_moves), into
+  // `out` (request_size()); +inf for a tower without hidden layers.
+  void request_linear_radius(TowerWorkspace& ws, Eigen::Ref<RowVector> out) const {
+    require_request(ws, "request_linear_radius");
+    if (!weights_committed_)
+      throw InputError("request_linear_radius: expected committed weights (commit_weights()), got an edited tower");
+    detail::require_dim("request_linear_radius: output length", static_cast<std::size_t>(ws.request.columns),
+                        static_cast<std::size_t>(out.size()));
+    linear_radius(ws, out);
   }
 
   // request_item_gradient() at the point of the last request_moved_logits().
   void request_moved_item_gradient(Eigen::Ref<const RowVector> d_logit, TowerWorkspace& ws,
                                    Eigen::Ref<Matrix> d_items) const {
     require_request(ws, "request_moved_item_gradient");
-    if (!ws.request.moved_valid)
+    TowerRequestScratch& rq = ws.request;
+    if (!rq.moved_valid)
       throw InputError("request_moved_item_gradient: expected a request_moved_logits() pass before, got none");
-    item_gradient(ws.request.pre, d_logit, ws.request, d_items);
+    if (!rq.moved_linear) {
+      item_gradient(rq.pre, d_logit, rq, d_items);
+      return;
+    }
+    const Index k = rq.columns;
+    detail::require_dim("request_moved_item_gradient: d_logit length", static_cast<std::size_t>(k),
+                        static_cast<std::size_t>(d_logit.size()));
+    detail::require_dim("request_moved_item_gradient: output columns (candidates)", static_cast<std::size_t>(k),
+                        static_cast<std::size_t>(d_items.cols()));
+    // Certified candidates: the gradient of their linear piece, the one at h. The others:
+    // from their gathered moved pass.
+    d_items.noalias() = rq.unit_gradient.leftCols(k) * d_logit.asDiagonal();
+    const Index m = static_cast<Index>(rq.full_moves.size());
+    if (m == 0) return;
+    auto d_logit_full = detail::scratch_head(rq.gathered_logit, m);
+    for (Index j = 0; j < m; ++j) d_logit_full[j] = d_logit[rq.full_moves[static_cast<std::size_t>(j)]];
+    auto g = detail::scratch_cols(rq.gathered, static_cast<Index>(item_dim_), m);
+    item_gradient(rq.pre, d_logit_full, rq, g);
+    for (Index j = 0; j < m; ++j) d_items.col(rq.full_moves[static_cast<std::size_t>(j)]) = g.col(j);
   }
 
  private:
@@ -568,10 +678,9 @@ class Tower {
   // (the cached one or a moved one): down from d_logit through each ReLU, then W_item^T.
   void item_gradient(const std::vector<Matrix>& pre, Eigen::Ref<const RowVector> d_logit, TowerRequestScratch& rq,
                      Eigen::Ref<Matrix> g) const {
-    const Index k = rq.columns;
+    // k = d_logit.size(): the request's candidates, or the gathered ones of a moved pass.
+    const Index k = d_logit.size();
     const Index di = static_cast<Index>(item_dim_);
-    detail::require_dim("item gradient: d_logit length", static_cast<std::size_t>(k),
-                        static_cast<std::size_t>(d_logit.size()));
     detail::require_dim("item gradient: output rows (item_dim)", item_dim_, static_cast<std::size_t>(g.rows()));
     detail::require_dim("item gradient: output columns (candidates)", static_cast<std::size_t>(k),
                         static_cast<std::size_t>(g.cols()));
@@ -595,12 +704,48 @@ class Tower {
     transposed_product(0, rq.act[0].leftCols(k), g);
   }
 
+  // The pass at h + dh for m candidates into rq.pre's first m columns: pre0 + W_item dh,
+  // then the layers above. `columns` (optional) maps them to the cached pass's columns
+  // (the gathered candidates of a certified linear move); without it they are 0..m-1.
+  void moved_pass(ConstMatrixRef moves, TowerWorkspace& ws, Index m, const Index* columns = nullptr) const {
+    TowerRequestScratch& rq = ws.request;
+    auto p0 = detail::scratch_cols(rq.pre[0], weights_[0].rows(), m);
+    if (columns)
+      for (Index j = 0; j < m; ++j) p0.col(j) = ws.pre[0].col(columns[j]);
+    else
+      p0 = ws.pre[0].leftCols(m);
+    detail::gemm_add(p0, weights_[0].rightCols(static_cast<Index>(item_dim_)), moves);
+    for (std::size_t l = 0; l < hidden_.size(); ++l) {
+      auto a = detail::scratch_cols(rq.act[l], weights_[l].rows(), m);
+      a = rq.pre[l].leftCols(m).cwiseMax(Scalar(0));
+      layer_product(l + 1, a, detail::scratch_cols(rq.pre[l + 1], weights_[l + 1].rows(), m));
+    }
+  }
+
+  // r per cached candidate (see set_linear_moves): min over hidden units of |pre| / bound.
+  void linear_radius(const TowerWorkspace& ws, Eigen::Ref<RowVector> r) const {
+    const Index k = ws.request.columns;
+    r.setConstant(std::numeric_limits<Scalar>::infinity());
+    for (std::size_t l = 0; l < hidden_.size(); ++l) {
+      const auto pre = ws.pre[l].leftCols(k);
+      const Vector& inv = inverse_move_bound_[l];
+      for (Index n = 0; n < k; ++n)
+        r[n] = std::min(r[n], (pre.col(n).cwiseAbs().cwiseProduct(inv)).minCoeff());
+    }
+    r *= Scalar(0.99);  // margin for the rounding of pre and of the bounds
+  }
+
   // pre = b_l 1^T + W_l a for layer l >= 1: the tower's own product kernel
   // (age/model/gemm.hpp), or Eigen's for a layer narrower than one vector (the output
   // logit), where the kernel would fall back to one scalar dot product per candidate.
   void layer_product(std::size_t l, ConstMatrixRef a, MatrixRef pre) const {
     if (weights_[l].rows() >= detail::gemm_kernel::kWidth) {
       detail::gemm_from_column(pre, biases_[l], weights_[l], a);
+    } else if (weights_[l].rows() == 1) {
+      // A row vector times the batch: Eigen's matrix-vector product (its GEMM path, taken
+      // for a runtime-sized 1-row matrix, cost ~4% of an AGE-TS request).
+      pre.row(0).setConstant(biases_[l][0]);
+      pre.row(0).noalias() += weights_[l].row(0) * a;
     } else {
       pre.colwise() = biases_[l];
       pre.noalias() += weights_[l] * a;
@@ -651,6 +796,9 @@ class Tower {
   // commit_weights(); used only while weights_committed_.
   std::vector<Matrix> transposed_;
   bool weights_committed_ = false;
+  // Per hidden layer: 1 / bound of |delta pre| per unit of item move (commit_weights()).
+  std::vector<Vector> inverse_move_bound_;
+  bool linear_moves_ = true;
 };
 
 // The optional request passes of a CtrModel (age/model/ctr_model.hpp), as Tower and
