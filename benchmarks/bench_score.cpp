@@ -1,6 +1,9 @@
 // Per-candidate scoring latency of age on the reference workload (benchmarks/workload.hpp):
 //
 //   BM_GemmCeiling                 plain Eigen float GEMM 1000 x 192 x 256: the ceiling
+//   BM_Product/<impl>/<product>/<N>
+//                                  one product of the tower on the product kernel or on
+//                                  Eigen's GEMM (impl = kernel | eigen); counter GFLOP/s
 //   BM_Score/<policy>/<N>          one request of N candidates, one thread; counters
 //                                  ns_per_candidate, GFLOP/s of the FLOPs the policy needs
 //                                  (workload.hpp, useful_flops), ceiling_fraction,
@@ -28,10 +31,12 @@
 #include <ctime>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "age/explore/baselines.hpp"
 #include "age/explore/scorer.hpp"
+#include "age/model/gemm.hpp"
 #include "openblas.hpp"
 #include "workload.hpp"
 
@@ -120,6 +125,41 @@ void BM_GemmCeiling(benchmark::State& state) {
   }
   state.counters["GFLOP/s"] = benchmark::Counter(static_cast<double>(state.iterations()) * kCeilingFlops * 1e-9,
                                                  benchmark::Counter::kIsRate);
+}
+
+// --- The tower's products ----------------------------------------------------------------
+// One product of the workload's tower for N candidates, on the product kernel
+// (age/model/gemm.hpp, as the tower runs it) or on Eigen's GEMM (as before the kernel):
+//   w_item    W_item (256 x 64) x items (64 x N)          layer 0, item part
+//   w1        W_1 (64 x 256) x a_0 (256 x N)              layer 1
+//   w1_t      W_1^T x d_1 (64 x N)                        input gradient, layer 1
+//   w_item_t  W_item^T x d_0 (256 x N)                    input gradient, layer 0
+// The kernel multiplies the transposed forms by the tower's committed transposed copies;
+// Eigen by a transposed view (it transposes while packing, on every call).
+enum class Product { w_item, w1, w1_t, w_item_t };
+
+void BM_Product(benchmark::State& state, Product product, bool kernel) {
+  const Index n = state.range(0);
+  const Matrix w_item = Matrix::Random(kHidden0, kItemDim), w1 = Matrix::Random(kHidden1, kHidden0);
+  const Matrix w_item_t = w_item.transpose(), w1_t = w1.transpose();
+  const Matrix& a = product == Product::w_item ? w_item : product == Product::w1 ? w1 : product == Product::w1_t ? w1_t : w_item_t;
+  const Matrix x = Matrix::Random(a.cols(), n);
+  Matrix y(a.rows(), n);
+  for (auto _ : state) {
+    if (kernel)
+      detail::gemm_assign(y, a, x);
+    else if (product == Product::w1_t)
+      y.noalias() = w1.transpose() * x;
+    else if (product == Product::w_item_t)
+      y.noalias() = w_item.transpose() * x;
+    else
+      y.noalias() = a * x;
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  const double flops = 2.0 * static_cast<double>(a.rows() * a.cols() * n);
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(static_cast<double>(state.iterations()) * flops * 1e-9, benchmark::Counter::kIsRate);
 }
 
 // --- Latency -----------------------------------------------------------------------------
@@ -211,6 +251,15 @@ void BM_Workspace(benchmark::State& state, Policy policy) {
 
 void register_all() {
   benchmark::RegisterBenchmark("BM_GemmCeiling", BM_GemmCeiling)->MeasureProcessCPUTime()->Unit(benchmark::kMicrosecond);
+  const std::pair<const char*, Product> products[] = {
+      {"w_item", Product::w_item}, {"w1", Product::w1}, {"w1_t", Product::w1_t}, {"w_item_t", Product::w_item_t}};
+  for (const auto& [product_name, product] : products)
+    for (const bool kernel : {true, false}) {
+      const std::string name = std::string("BM_Product/") + (kernel ? "kernel/" : "eigen/") + product_name;
+      auto* b = benchmark::RegisterBenchmark(name.c_str(), BM_Product, product, kernel);
+      for (Index n : kSizes) b->Arg(n);
+      b->MeasureProcessCPUTime()->Unit(benchmark::kMicrosecond);
+    }
   for (Policy p : kPolicies) {
     const std::string name(age::bench::name(p));
     auto* b = benchmark::RegisterBenchmark(("BM_Score/" + name).c_str(), BM_Score, p);
