@@ -7,7 +7,9 @@
 //   BM_Score/<policy>/<N>          one request of N candidates, one thread; counters
 //                                  ns_per_candidate, GFLOP/s of the FLOPs the policy needs
 //                                  (workload.hpp, useful_flops), ceiling_fraction,
-//                                  open_fraction (candidates explored), heap_growth_bytes
+//                                  open_fraction (candidates explored), full_move_fraction
+//                                  (explored candidates whose move was not certified
+//                                  linear and ran the pass in full), heap_growth_bytes
 //                                  (in-use heap growth over the timed loop: 0 = no
 //                                  allocation kept after warm-up)
 //   BM_Throughput/<policy>/<N>/real_time/threads:T
@@ -81,6 +83,20 @@ void with_policy(Policy p, F&& fn) {
     case Policy::age_ts_fgm: fn(engines->ts_fgm); break;
     case Policy::age_ts_pgd3: fn(engines->ts_pgd); break;
     case Policy::age_ucb20_fgm: fn(engines->ucb_fgm); break;
+  }
+}
+
+// Open candidates of the last request whose move ran the pass in full (not certified
+// linear; Tower::set_linear_moves), as the tower's request scratch records it after the
+// last moved pass (PGD's final one). 0 for greedy and when nothing moved.
+template <class Ws>
+std::int64_t full_moves(const Ws& ws, std::int64_t open) {
+  if constexpr (requires { ws.model.request.full_moves; }) {
+    const TowerRequestScratch& rq = ws.model.request;
+    if (!rq.moved_valid) return 0;
+    return rq.moved_linear ? static_cast<std::int64_t>(rq.full_moves.size()) : open;
+  } else {
+    return 0;
   }
 }
 
@@ -173,15 +189,16 @@ void BM_Score(benchmark::State& state, Policy policy) {
     std::uint64_t id = 1;
     for (std::size_t r = 0; r < kRequestsPerSize; ++r)  // warm-up: every request once
       scorer.score(Request{w.users[s][r], w.items[s][r], id++}, out, ws);
-    std::int64_t open = 0;
+    std::int64_t open = 0, full = 0;
     double flops = 0;
     const std::size_t heap_before = heap_in_use();
     std::size_t r = 0;
     for (auto _ : state) {
       scorer.score(Request{w.users[s][r], w.items[s][r], id++}, out, ws);
-      const std::int64_t k = open_count(out);
+      const std::int64_t k = open_count(out), m = full_moves(ws, k);
       open += k;
-      flops += useful_flops(policy, static_cast<double>(n), static_cast<double>(k));
+      full += m;
+      flops += useful_flops(policy, static_cast<double>(n), static_cast<double>(k), static_cast<double>(m));
       benchmark::DoNotOptimize(out.ranking.data());
       benchmark::ClobberMemory();
       r = r + 1 == kRequestsPerSize ? 0 : r + 1;
@@ -194,6 +211,7 @@ void BM_Score(benchmark::State& state, Policy policy) {
     state.counters["GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsRate);
     state.counters["ceiling_fraction"] = benchmark::Counter(flops * 1e-9 / ceiling_gflops, benchmark::Counter::kIsRate);
     state.counters["open_fraction"] = static_cast<double>(open) / candidates;
+    state.counters["full_move_fraction"] = open > 0 ? static_cast<double>(full) / static_cast<double>(open) : 0.0;
     state.counters["heap_growth_bytes"] =
         static_cast<double>(heap_after > heap_before ? heap_after - heap_before : 0);
   });

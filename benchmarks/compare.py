@@ -174,14 +174,16 @@ def main():
     if have_blas:
         print("GEMM ceiling in age_bench_blas (Eigen through BLAS): %.1f GFLOP/s" %
               median(blas_res, "BM_GemmCeiling", "GFLOP/s"))
-    print("\n| policy | N | GFLOP/s | of ceiling | open fraction |")
-    print("|---|---:|---:|---:|---:|")
+    print("\n| policy | N | GFLOP/s | of ceiling | open fraction | moved in full |")
+    print("|---|---:|---:|---:|---:|---:|")
     for p in POLICIES:
         for n in (100, 1000):
             name = "BM_Score/%s/%d" % (p, n)
             g = median(age_res, name, "GFLOP/s")
             of = median(age_res, name, "open_fraction")
-            print("| %s | %d | %.1f | %.0f%% | %.2f |" % (p, n, g, 100 * g / ceiling, of))
+            full = median(age_res, name, "full_move_fraction")
+            print("| %s | %d | %.1f | %.0f%% | %.2f | %s |" % (p, n, g, 100 * g / ceiling, of,
+                                                             "%.3f" % full if full is not None else "-"))
 
     # Throughput.
     print("\n| throughput | N | 1 thread req/s | 2 threads req/s | speed-up |")

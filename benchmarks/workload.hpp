@@ -102,9 +102,11 @@ struct Workload {
 };
 
 // Useful floating-point operations (multiply-adds count 2) of one request, per policy;
-// matrix products only (bias, ReLU, masks and sigmoid are O(H) per candidate and left
-// out). N candidates, k of them with an open gate (explored), H0 = 256, H1 = 64,
-// du = 128, di = 64, Hd = 32:
+// matrix products only (bias, ReLU, masks, sigmoid and the certified linear moves' dot
+// products are O(H) per candidate and left out). N candidates, k of them with an open gate
+// (explored), m of those moved by the full pass (not certified linear, see
+// Tower::set_linear_moves; m = k without the shortcut), H0 = 256, H1 = 64, du = 128,
+// di = 64, Hd = 32:
 //   user part of layer 0, once per request        U  = 2 du H0
 //   no-dropout pass per candidate                 F  = 2 di H0 + 2 H0 H1 + 2 H1
 //   DGU per candidate                             G  = 2 di Hd + 2 Hd
@@ -113,26 +115,27 @@ struct Workload {
 //      shared by the candidates, layer 1 differs from the no-dropout pass only through
 //      the ~p H0 dropped units: a rank-(p H0) update)
 //   input gradient per explored candidate         B  = 2 H0 H1 + 2 di H0 + 2 H1
-//   pass at h + dh per explored candidate         M  = 2 di H0 + 2 H0 H1 + 2 H1
-//     (only the item part moves: pre0 + W_item dh)
+//   pass at h + dh per fully moved candidate      M  = 2 di H0 + 2 H0 H1 + 2 H1
+//     (only the item part moves: pre0 + W_item dh; a certified move is logit + grad . dh,
+//      and its gradient at h + dh is the one at h)
 //   greedy           U + N F
-//   AGE-TS + FGM     U + N (F + G + D) + k (B + M)
-//   AGE-TS + PGD-3   U + N (F + G + D) + k (B + 2 (M + B) + M)
-//   AGE-UCB-20 + FGM U + N (F + G + 20 D) + k (B + M)
-inline double useful_flops(Policy policy, double n, double k) {
+//   AGE-TS + FGM     U + N (F + G + D) + k B + m M
+//   AGE-TS + PGD-3   U + N (F + G + D) + k B + m (2 (M + B) + M)
+//   AGE-UCB-20 + FGM U + N (F + G + 20 D) + k B + m M
+inline double useful_flops(Policy policy, double n, double k, double m) {
   const double du = kUserDim, di = kItemDim, h0 = kHidden0, h1 = kHidden1, hd = kDguHidden;
   const double u = 2 * du * h0;
   const double f = 2 * di * h0 + 2 * h0 * h1 + 2 * h1;
   const double g = 2 * di * hd + 2 * hd;
   const double d = 2 * h1 * (kDropout * h0) + 2 * h1;
   const double b = 2 * h0 * h1 + 2 * di * h0 + 2 * h1;
-  const double m = 2 * di * h0 + 2 * h0 * h1 + 2 * h1;
+  const double mv = 2 * di * h0 + 2 * h0 * h1 + 2 * h1;
   switch (policy) {
     case Policy::greedy: return u + n * f;
-    case Policy::age_ts_fgm: return u + n * (f + g + d) + k * (b + m);
+    case Policy::age_ts_fgm: return u + n * (f + g + d) + k * b + m * mv;
     case Policy::age_ts_pgd3:
-      return u + n * (f + g + d) + k * (b + static_cast<double>(kPgdSteps - 1) * (m + b) + m);
-    case Policy::age_ucb20_fgm: return u + n * (f + g + static_cast<double>(kUcbSamples) * d) + k * (b + m);
+      return u + n * (f + g + d) + k * b + m * (static_cast<double>(kPgdSteps - 1) * (mv + b) + mv);
+    case Policy::age_ucb20_fgm: return u + n * (f + g + static_cast<double>(kUcbSamples) * d) + k * b + m * mv;
   }
   return 0;
 }

@@ -482,6 +482,22 @@ TEST_CASE("ScoredRequest::rank(): descending, ties by lower index, -0 with +0, N
   std::stable_sort(reference.begin(), reference.end(),
                    [&](Index a, Index b) { return out.explored[a] > out.explored[b]; });
   CHECK(out.ranking == reference);
+  // Above 256 candidates rank() sorts by radix: the special values, ties, negative and
+  // positive scores there too, against the stable sort with NaN last.
+  const Scalar special[] = {nan, inf, -inf, 0.0f, -0.0f, 1e-30f, -1e-30f, 0.5f, -0.5f};
+  out.explored = RowVector(700);
+  for (Index i = 0; i < 700; ++i)
+    out.explored[i] = i % 7 == 0 ? special[static_cast<std::size_t>(i / 7) % 9]
+                                 : static_cast<Scalar>(std::floor(rng.uniform(-30, 30)) / 8);
+  out.rank();
+  reference.resize(700);
+  std::iota(reference.begin(), reference.end(), Index{0});
+  std::stable_sort(reference.begin(), reference.end(), [&](Index a, Index b) {
+    const Scalar x = out.explored[a], y = out.explored[b];
+    if (std::isnan(x) || std::isnan(y)) return !std::isnan(x) && std::isnan(y);
+    return x > y;
+  });
+  CHECK(out.ranking == reference);
 }
 
 TEST_CASE("the scorer's ranking is ScoredRequest::rank()'s order, ties by lower index", "[scorer]") {
