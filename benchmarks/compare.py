@@ -63,7 +63,7 @@ def collect(data, into):
         scale = UNIT_NS[b.get("time_unit", "ns")]
         entry.setdefault("cpu_ns", []).append(b["cpu_time"] * scale)
         entry.setdefault("real_ns", []).append(b["real_time"] * scale)
-        for counter in ("GFLOP/s", "ceiling_fraction", "open_fraction", "requests_per_second",
+        for counter in ("GFLOP/s", "ceiling_fraction", "open_fraction", "full_move_fraction", "requests_per_second",
                         "workspace_bytes_per_request", "workspace_bytes_per_candidate", "heap_growth_bytes"):
             if counter in b:
                 entry.setdefault(counter, []).append(b[counter])

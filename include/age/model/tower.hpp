@@ -19,7 +19,12 @@
 //   - the input gradient at h walks down from the cached pre-activations (no forward);
 //   - a move of the item part changes layer 0 by W_item dh only:
 //       pre0(h + dh) = pre0(h) + W_item dh
-//     (also more precise than recomputing W_item (items + dh) when dh is tiny).
+//     (also more precise than recomputing W_item (items + dh) when dh is tiny);
+//   - a move too short to change the sign of any hidden unit (a radius per candidate
+//     proves it) stays in one linear piece of the network: logit(h + dh) = logit(h) +
+//     grad . dh, no pass at all (set_linear_moves).
+// The products run on the tower's own kernel (age/model/gemm.hpp); the input gradient's
+// on transposed weight copies that commit_weights() keeps.
 // Their scratch only grows, so a warmed-up workspace serves any request size up to the
 // largest seen, and any subset of the candidates (request_select), without allocating.
 #pragma once
@@ -742,8 +747,8 @@ class Tower {
     if (weights_[l].rows() >= detail::gemm_kernel::kWidth) {
       detail::gemm_from_column(pre, biases_[l], weights_[l], a);
     } else if (weights_[l].rows() == 1) {
-      // A row vector times the batch: Eigen's matrix-vector product (its GEMM path, taken
-      // for a runtime-sized 1-row matrix, cost ~4% of an AGE-TS request).
+      // The output logit: a row vector times the batch, written as one so that Eigen
+      // takes its matrix-vector product rather than its general (packing) product.
       pre.row(0).setConstant(biases_[l][0]);
       pre.row(0).noalias() += weights_[l].row(0) * a;
     } else {
