@@ -540,8 +540,12 @@ TEST_CASE("certified linear moves leave the scores of FGM, PGD and random starts
                                             Pgd{.lambda = lambda, .random_start = 0.5}, 5);
     const AgeTs<EmbeddingCtrModel> start_off(off.model, DguGate(off.dgu), McDropoutTs{0.1},
                                              Pgd{.lambda = lambda, .random_start = 0.5}, 5);
+    // All N candidates moved (closed ones discarded) as well as the open ones gathered.
+    AgeTsFgm<EmbeddingCtrModel> fgm_all(on.model, DguGate(on.dgu), McDropoutTs{0.1}, Fgm{.lambda = lambda}, 5);
+    fgm_all.set_gather_open(false);
     for (std::uint64_t id = 1; id <= 4; ++id) {
       const ScoredRequest a = fgm_on.score(on.request(id)), b = fgm_off.score(off.request(id));
+      CHECK((fgm_all.score(on.request(id)).explored - b.explored).cwiseAbs().maxCoeff() < 1e-6f);
       const ScoredRequest c = pgd_on.score(on.request(id)), d = pgd_off.score(off.request(id));
       const ScoredRequest e = start_on.score(on.request(id)), f = start_off.score(off.request(id));
       CHECK((a.explored - b.explored).cwiseAbs().maxCoeff() < 1e-6f);
