@@ -19,8 +19,9 @@
 // vector extensions, so the same code serves SSE2, AVX2 and AVX-512 builds; loads and
 // stores go through memcpy (no alignment is assumed).
 //
-// Products with A transposed (the input gradient) stay with Eigen: A^T's rows are A's
-// columns, so a kernel of this form would need a transposed copy of every weight matrix.
+// Products with A transposed (the input gradient) run on the same kernel with transposed
+// copies of the weights, which Tower::commit_weights() keeps: A^T's rows are A's columns,
+// which this form cannot read in place.
 #pragma once
 
 #include <cassert>
