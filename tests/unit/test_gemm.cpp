@@ -9,6 +9,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <limits>
 #include <string>
 
 #include "age/core/rng.hpp"
@@ -61,9 +62,52 @@ TEST_CASE("product kernel: equals Eigen's product for every block and tail shape
         detail::gemm_from_column(y, c, a, x);
         const Matrix expected_column = (expected_assign.colwise() + c).eval();
         CHECK(max_error(y, expected_column, k) < 1e-6);
+
+        // The finishes: ReLU written alongside (exactly max(y, 0) of the y written), and
+        // y zeroed where a sign matrix is not positive (every other row and column too,
+        // so that each lane of a vector and each tail takes both branches).
+        Matrix relu = Matrix::Constant(m, n, Scalar(-7));
+        y = y0;
+        detail::gemm_from_column(y, c, a, x, detail::also_relu(relu));
+        CHECK(max_error(y, expected_column, k) < 1e-6);
+        CHECK(relu == y.cwiseMax(Scalar(0)));
+
+        Matrix sign = random_matrix(m, n, rng);
+        for (Index j = 0; j < n; j += 2) sign.col(j).setZero();
+        y = y0;
+        detail::gemm_assign(y, a, x, detail::keep_if_positive(sign));
+        const Matrix expected_kept = (sign.array() > Scalar(0)).select(expected_assign, Scalar(0));
+        CHECK(max_error(y, expected_kept, k) < 1e-6);
+        CHECK(((sign.array() > Scalar(0)) || (y.array() == Scalar(0))).all());
       }
     }
   }
+}
+
+TEST_CASE("product kernel: the ReLU finish keeps NaN and -0 as Eigen's cwiseMax(0) does", "[gemm]") {
+  // Rows past one vector plus a scalar tail, so that both code paths see the values.
+  // y = -0 + I x: column 0 all NaN (0 * NaN), column 1 all -0, column 2 -1 and 2.
+  const Index m = detail::gemm_kernel::kWidth + 3;
+  const Matrix identity = Matrix::Identity(m, m);
+  Matrix x(m, 3);
+  x.col(0).setConstant(Scalar(-1));
+  x(0, 0) = std::numeric_limits<Scalar>::quiet_NaN();
+  x.col(1).setConstant(Scalar(-0.0));
+  for (Index i = 0; i < m; ++i) x(i, 2) = (i % 2) ? Scalar(2) : Scalar(-1);
+  const Vector minus_zero = Vector::Constant(m, Scalar(-0.0));
+  Matrix y(m, 3), relu(m, 3);
+  detail::gemm_from_column(y, minus_zero, identity, x, detail::also_relu(relu));
+  const Matrix eigen_relu = y.cwiseMax(Scalar(0));
+  for (Index j = 0; j < 3; ++j)
+    for (Index i = 0; i < m; ++i) {
+      CAPTURE(i, j, y(i, j));
+      CHECK(std::isnan(relu(i, j)) == std::isnan(eigen_relu(i, j)));
+      CHECK(std::signbit(relu(i, j)) == std::signbit(eigen_relu(i, j)));
+      if (!std::isnan(relu(i, j))) CHECK(relu(i, j) == eigen_relu(i, j));
+    }
+  CHECK(std::isnan(relu(m - 1, 0)));     // NaN stays NaN ...
+  CHECK(std::signbit(relu(m - 1, 1)));   // ... and -0 stays -0 in the tail rows too
+  CHECK(relu(1, 2) == Scalar(2));
 }
 
 TEST_CASE("product kernel: operands that are column ranges of larger matrices", "[gemm]") {
@@ -132,4 +176,39 @@ TEST_CASE("tower: an optimizer step commits the weights it changes", "[gemm]") {
   TowerOptimizer<Sgd> sgd(Sgd{.lr = 0.1});
   sgd.update(tower, grads);
   CHECK(tower.weights_committed());
+}
+
+TEST_CASE("tower: the fused passes at this build's vector width agree with the plain ones", "[gemm]") {
+  // Hidden widths with a vector part and a tail at every width (37 = 2 x 16 + 5 = 4 x 8 + 5).
+  Rng rng(15, 3);
+  Tower tower(6, 8, {40, 37});
+  tower.initialize(rng);
+  const Index n = 23;
+  const Matrix user = random_matrix(6, 1, rng), items = random_matrix(8, n, rng);
+  TowerWorkspace ws, plain;
+  RowVector z(n), expected(n);
+
+  // The no-dropout forward writes each ReLU in the product's pass; a mask of ones takes
+  // the separate ReLU pass: the same values, bit for bit.
+  DropoutMask ones;
+  ones.layers = {Matrix::Ones(40, 1), Matrix::Ones(37, 1)};
+  tower.logits(user, items, nullptr, ws, z);
+  tower.logits(user, items, &ones, plain, expected);
+  CHECK(z == expected);
+  CHECK(ws.act[0] == plain.act[0]);
+  CHECK(ws.act[1] == plain.act[1]);
+
+  // A shared dropout mask on the request: the vectorised rank-|J| logit (the 2-hidden-layer
+  // fast path of request_logits) against the plain masked pass.
+  tower.begin_request(user, items, ws, z);
+  for (double p : {0.01, 0.05, 0.1}) {
+    for (int draw = 0; draw < 4; ++draw) {
+      DropoutMask mask;
+      tower.sample_mask(p, 1, rng, mask);
+      tower.request_logits(&mask, ws, z);
+      tower.logits(user, items, &mask, plain, expected);
+      CAPTURE(p, draw);
+      CHECK(((z - expected).cwiseAbs().array() <= 1e-6f * (1.0f + expected.cwiseAbs().array())).all());
+    }
+  }
 }

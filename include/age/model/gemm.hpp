@@ -64,10 +64,50 @@ struct Start {
   const float* column_values = nullptr;
 };
 
+// What happens to a block of Y while it is still in registers, so that the pass over Y
+// that would follow the product is not needed:
+//   relu_copy:        also R = max(Y, 0), R of Y's shape (the layer's activation next to
+//                     its pre-activation; NaN stays NaN and -0 stays -0, like Eigen's
+//                     cwiseMax(0) on this tower's data)
+//   keep_if_positive: Y = (S > 0) ? Y : 0, S of Y's shape (the input gradient through a
+//                     ReLU, S the pre-activation)
+struct Finish {
+  enum Kind { none, relu_copy, keep_if_positive } kind = none;
+  float* relu = nullptr;         // relu_copy
+  const float* sign = nullptr;   // keep_if_positive
+  long ld = 0;                   // column stride of R or S
+
+  // The same finish for the block of Y starting at row i, column j.
+  Finish at(long i, long j) const noexcept {
+    Finish f = *this;
+    if (f.relu) f.relu += j * ld + i;
+    if (f.sign) f.sign += j * ld + i;
+    return f;
+  }
+};
+
+inline Vec finish_vector(Vec v, const Finish& f, long offset) noexcept {
+  if (f.kind == Finish::relu_copy) {
+    store(f.relu + offset, v < Vec{} ? Vec{} : v);
+  } else if (f.kind == Finish::keep_if_positive) {
+    v = load(f.sign + offset) > Vec{} ? v : Vec{};
+  }
+  return v;
+}
+
+inline float finish_scalar(float v, const Finish& f, long offset) noexcept {
+  if (f.kind == Finish::relu_copy) {
+    f.relu[offset] = v < 0.0f ? 0.0f : v;
+  } else if (f.kind == Finish::keep_if_positive) {
+    v = f.sign[offset] > 0.0f ? v : 0.0f;
+  }
+  return v;
+}
+
 // Rows [0, RV * kWidth) of Y's NC columns.
 template <int RV, int NC>
 inline void block(long k_size, const float* a, long lda, const float* x, long ldx, float* y, long ldy,
-                  Start start, long row) noexcept {
+                  Start start, long row, const Finish& finish) noexcept {
   Vec acc[RV][NC];
   for (int c = 0; c < NC; ++c)
     for (int r = 0; r < RV; ++r) {
@@ -89,76 +129,92 @@ inline void block(long k_size, const float* a, long lda, const float* x, long ld
     }
   }
   for (int c = 0; c < NC; ++c)
-    for (int r = 0; r < RV; ++r) store(y + c * ldy + r * kWidth, acc[r][c]);
+    for (int r = 0; r < RV; ++r)
+      store(y + c * ldy + r * kWidth, finish_vector(acc[r][c], finish, c * finish.ld + r * kWidth));
 }
 
 // All M rows of NC columns: blocks of kRowVectors vectors, then pairs and single vectors,
 // then the rows left over one at a time.
 template <int NC>
 inline void columns(long m, long k_size, const float* a, long lda, const float* x, long ldx, float* y, long ldy,
-                    Start start) noexcept {
+                    Start start, const Finish& finish) noexcept {
   long i = 0;
   for (; i + kRowVectors * kWidth <= m; i += kRowVectors * kWidth)
-    block<kRowVectors, NC>(k_size, a + i, lda, x, ldx, y + i, ldy, start, i);
+    block<kRowVectors, NC>(k_size, a + i, lda, x, ldx, y + i, ldy, start, i, finish.at(i, 0));
   if constexpr (kRowVectors > 2) {
     // Two vectors at a time (e.g. the DGU's 32 hidden units with AVX-512): half the loads
     // per multiply-add of single vectors.
-    for (; i + 2 * kWidth <= m; i += 2 * kWidth) block<2, NC>(k_size, a + i, lda, x, ldx, y + i, ldy, start, i);
+    for (; i + 2 * kWidth <= m; i += 2 * kWidth)
+      block<2, NC>(k_size, a + i, lda, x, ldx, y + i, ldy, start, i, finish.at(i, 0));
   }
-  for (; i + kWidth <= m; i += kWidth) block<1, NC>(k_size, a + i, lda, x, ldx, y + i, ldy, start, i);
+  for (; i + kWidth <= m; i += kWidth) block<1, NC>(k_size, a + i, lda, x, ldx, y + i, ldy, start, i, finish.at(i, 0));
   for (; i < m; ++i)
     for (int c = 0; c < NC; ++c) {
       float s = start.kind == Start::accumulate ? y[c * ldy + i]
                 : start.kind == Start::column   ? start.column_values[i]
                                                 : 0.0f;
       for (long k = 0; k < k_size; ++k) s += a[k * lda + i] * x[c * ldx + k];
-      y[c * ldy + i] = s;
+      y[c * ldy + i] = finish_scalar(s, finish, c * finish.ld + i);
     }
 }
 
 // The last n < kCols columns.
 template <int NC = kCols - 1>
 inline void tail(long n, long m, long k_size, const float* a, long lda, const float* x, long ldx, float* y, long ldy,
-                 Start start) noexcept {
+                 Start start, const Finish& finish) noexcept {
   if constexpr (NC > 0) {
     if (n == NC)
-      columns<NC>(m, k_size, a, lda, x, ldx, y, ldy, start);
+      columns<NC>(m, k_size, a, lda, x, ldx, y, ldy, start, finish);
     else
-      tail<NC - 1>(n, m, k_size, a, lda, x, ldx, y, ldy, start);
+      tail<NC - 1>(n, m, k_size, a, lda, x, ldx, y, ldy, start, finish);
   }
 }
 
 inline void multiply(long m, long n, long k_size, const float* a, long lda, const float* x, long ldx, float* y,
-                     long ldy, Start start) noexcept {
+                     long ldy, Start start, const Finish& finish = {}) noexcept {
   long j = 0;
-  for (; j + kCols <= n; j += kCols) columns<kCols>(m, k_size, a, lda, x + j * ldx, ldx, y + j * ldy, ldy, start);
-  tail(n - j, m, k_size, a, lda, x + j * ldx, ldx, y + j * ldy, ldy, start);
+  for (; j + kCols <= n; j += kCols)
+    columns<kCols>(m, k_size, a, lda, x + j * ldx, ldx, y + j * ldy, ldy, start, finish.at(0, j));
+  tail(n - j, m, k_size, a, lda, x + j * ldx, ldx, y + j * ldy, ldy, start, finish.at(0, j));
 }
 
 }  // namespace gemm_kernel
 
+// What to do with y in registers after the product (gemm_kernel::Finish): nothing, also
+// write r = max(y, 0) (r of y's shape), or zero y where s <= 0 (s of y's shape).
+inline gemm_kernel::Finish also_relu(MatrixRef r) noexcept {
+  return {gemm_kernel::Finish::relu_copy, r.data(), nullptr, r.outerStride()};
+}
+inline gemm_kernel::Finish keep_if_positive(const ConstMatrixRef& s) noexcept {
+  return {gemm_kernel::Finish::keep_if_positive, nullptr, s.data(), s.outerStride()};
+}
+
 // y = a x (a: M x K, x: K x N, y: M x N). No aliasing between y and a or x, like
 // Eigen's noalias(). Every operand is a column-major block with unit inner stride (a
-// Matrix or a range of its columns, which Ref takes without copying).
-inline void gemm_assign(MatrixRef y, const ConstMatrixRef& a, const ConstMatrixRef& x) noexcept {
+// Matrix or a range of its columns, which Ref takes without copying). `finish` (with
+// the r or s it names, which must have y's shape) runs on each block while it is in
+// registers.
+inline void gemm_assign(MatrixRef y, const ConstMatrixRef& a, const ConstMatrixRef& x,
+                        const gemm_kernel::Finish& finish = {}) noexcept {
   assert(a.rows() == y.rows() && a.cols() == x.rows() && x.cols() == y.cols());
   gemm_kernel::multiply(y.rows(), y.cols(), a.cols(), a.data(), a.outerStride(), x.data(), x.outerStride(),
-                        y.data(), y.outerStride(), {});
+                        y.data(), y.outerStride(), {}, finish);
 }
 
 // y += a x.
-inline void gemm_add(MatrixRef y, const ConstMatrixRef& a, const ConstMatrixRef& x) noexcept {
+inline void gemm_add(MatrixRef y, const ConstMatrixRef& a, const ConstMatrixRef& x,
+                     const gemm_kernel::Finish& finish = {}) noexcept {
   assert(a.rows() == y.rows() && a.cols() == x.rows() && x.cols() == y.cols());
   gemm_kernel::multiply(y.rows(), y.cols(), a.cols(), a.data(), a.outerStride(), x.data(), x.outerStride(),
-                        y.data(), y.outerStride(), {gemm_kernel::Start::accumulate, nullptr});
+                        y.data(), y.outerStride(), {gemm_kernel::Start::accumulate, nullptr}, finish);
 }
 
 // y = c 1^T + a x: every column of y starts from the column c (M), e.g. a layer's bias.
-inline void gemm_from_column(MatrixRef y, const ConstVectorRef& c, const ConstMatrixRef& a,
-                             const ConstMatrixRef& x) noexcept {
+inline void gemm_from_column(MatrixRef y, const ConstVectorRef& c, const ConstMatrixRef& a, const ConstMatrixRef& x,
+                             const gemm_kernel::Finish& finish = {}) noexcept {
   assert(a.rows() == y.rows() && a.cols() == x.rows() && x.cols() == y.cols() && c.size() == y.rows());
   gemm_kernel::multiply(y.rows(), y.cols(), a.cols(), a.data(), a.outerStride(), x.data(), x.outerStride(),
-                        y.data(), y.outerStride(), {gemm_kernel::Start::column, c.data()});
+                        y.data(), y.outerStride(), {gemm_kernel::Start::column, c.data()}, finish);
 }
 
 }  // namespace age::detail

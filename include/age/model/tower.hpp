@@ -68,6 +68,8 @@ struct TowerRequestScratch {
   std::vector<Matrix> pre;   // per layer: pre-activations of the last masked or moved pass
   std::vector<Matrix> act;   // per hidden layer: activations, then backward scratch
   std::vector<Index> changed;  // hidden-0 units whose mask value is not the common scale
+  std::vector<Scalar> changed_scale;         // per candidate: (m_j - s) a0_j of its active ones
+  std::vector<const Scalar*> changed_column;  // ... and their columns W1[:, j]
   RowVector logits;          // the no-dropout logits of the request's candidates
   Vector output_weights;     // w_out with a shared mask of the top hidden layer folded in
   bool moved_valid = false;  // pre holds a moved pass (request_moved_item_gradient reads it)
@@ -251,26 +253,32 @@ class Tower {
     const Index du = static_cast<Index>(user_dim_), di = static_cast<Index>(item_dim_);
     const auto w_user = weights_[0].leftCols(du);
     const auto w_item = weights_[0].rightCols(di);
+    // Without dropout the kernel writes each hidden layer's ReLU next to its
+    // pre-activation (one pass over the layer less); with a mask, activate() does both.
+    const bool fused = !ws.mask;
+    const std::size_t hidden = hidden_.size();
+    for (std::size_t l = 0; l < hidden; ++l) ws.act[l].resize(weights_[l].rows(), n);
+    const auto finish0 = (fused && hidden > 0) ? detail::also_relu(ws.act[0]) : detail::gemm_kernel::Finish{};
     Matrix& pre0 = ws.pre[0];
     pre0.resize(weights_[0].rows(), n);
     if (ws.shared_user) {
       ws.user_pre.resize(weights_[0].rows());
       ws.user_pre.noalias() = w_user * user.col(0);
       ws.user_pre += biases_[0];
-      detail::gemm_from_column(pre0, ws.user_pre, w_item, items);
+      detail::gemm_from_column(pre0, ws.user_pre, w_item, items, finish0);
     } else {
       pre0.colwise() = biases_[0];
       if (du > 0) pre0.noalias() += w_user * user;
-      detail::gemm_add(pre0, w_item, items);
+      detail::gemm_add(pre0, w_item, items, finish0);
     }
 
     for (std::size_t l = 0; l < layers; ++l) {
       if (l > 0) {
         Matrix& pre = ws.pre[l];
         pre.resize(weights_[l].rows(), n);
-        layer_product(l, ws.act[l - 1], pre);
+        layer_product(l, ws.act[l - 1], pre, (fused && l < hidden) ? &ws.act[l] : nullptr);
       }
-      if (l < hidden_.size()) activate(l, ws);
+      if (l < hidden && !fused) activate(l, ws);
     }
   }
 
@@ -448,12 +456,8 @@ class Tower {
     Scalar s = 0;
     const bool sparse = changed_units(mask->layers[0], rq, s);
     if (sparse && fold_top && top == 1) {
-      // The 2-hidden-layer tower: each candidate's column, then its logit, in one go.
-      for (Index n = 0; n < k; ++n) {
-        auto col = p1.col(n);
-        sparse_column(mask->layers[0], s, n, ws, col);
-        out[n] = rq.output_weights.dot(col.cwiseMax(Scalar(0))) + b_out;
-      }
+      // The 2-hidden-layer tower: each candidate's logit in one go (rq.pre is not written).
+      for (Index n = 0; n < k; ++n) out[n] = shared_mask_logit(mask->layers[0], s, n, ws) + b_out;
       return;
     }
     if (sparse) {
@@ -645,7 +649,11 @@ class Tower {
     // capacity are no-ops.
     rq.pre.resize(weights_.size());
     rq.act.resize(hidden_.size());
-    if (!hidden_.empty()) rq.changed.reserve(hidden_[0]);
+    if (!hidden_.empty()) {
+      rq.changed.reserve(hidden_[0]);
+      rq.changed_scale.reserve(hidden_[0]);
+      rq.changed_column.reserve(hidden_[0]);
+    }
   }
 
   // Layer 1's pre-activation under the mask m of hidden layer 0, from the cached no-dropout
@@ -679,6 +687,47 @@ class Tower {
     }
   }
 
+  // sparse_column() and the output layer of a 2-hidden-layer tower for candidate n, with
+  // the top layer's mask folded into rq.output_weights: sum_i w_i ReLU(pre1'_i) (without
+  // the output bias), pre1' never stored. Vectorised over layer 1's units: this runs once
+  // per candidate for every TS request, and Eigen's expression (a column, then a dot
+  // product) took ~7x longer than the products it needs.
+  Scalar shared_mask_logit(const Matrix& m0, Scalar s, Index n, TowerWorkspace& ws) const {
+    namespace kernel = detail::gemm_kernel;
+    TowerRequestScratch& rq = ws.request;
+    rq.changed_scale.clear();
+    rq.changed_column.clear();
+    for (Index j : rq.changed) {
+      const Scalar a = ws.pre[0](j, n);
+      if (a > Scalar(0)) {
+        rq.changed_scale.push_back((m0(j, 0) - s) * a);
+        rq.changed_column.push_back(weights_[1].col(j).data());
+      }
+    }
+    const std::size_t active = rq.changed_scale.size();
+    const Index h1 = weights_[1].rows();
+    const Scalar* p = ws.pre[1].col(n).data();
+    const Scalar* b = biases_[1].data();
+    const Scalar* w = rq.output_weights.data();
+    const Scalar t = Scalar(1) - s;
+    kernel::Vec sum{};
+    Index i = 0;
+    for (; i + kernel::kWidth <= h1; i += kernel::kWidth) {
+      kernel::Vec v = kernel::load(p + i) * s + kernel::load(b + i) * t;
+      for (std::size_t c = 0; c < active; ++c) v += kernel::load(rq.changed_column[c] + i) * rq.changed_scale[c];
+      v = v < kernel::Vec{} ? kernel::Vec{} : v;
+      sum += kernel::load(w + i) * v;
+    }
+    Scalar logit = 0;
+    for (int lane = 0; lane < kernel::kWidth; ++lane) logit += sum[lane];
+    for (; i < h1; ++i) {
+      Scalar v = p[i] * s + b[i] * t;
+      for (std::size_t c = 0; c < active; ++c) v += rq.changed_column[c][i] * rq.changed_scale[c];
+      logit += w[i] * (v < Scalar(0) ? Scalar(0) : v);
+    }
+    return logit;
+  }
+
   // The input gradient from the per-layer pre-activations `pre` of a no-dropout pass
   // (the cached one or a moved one): down from d_logit through each ReLU, then W_item^T.
   void item_gradient(const std::vector<Matrix>& pre, Eigen::Ref<const RowVector> d_logit, TowerRequestScratch& rq,
@@ -703,8 +752,7 @@ class Tower {
       d.col(n) = (pre[top].col(n).array() > Scalar(0)).select(d_logit[n] * w_out.transpose().array(), Scalar(0));
     for (std::size_t l = top; l > 0; --l) {
       auto below = detail::scratch_cols(rq.act[l - 1], weights_[l - 1].rows(), k);
-      transposed_product(l, rq.act[l].leftCols(k), below);
-      below = (pre[l - 1].leftCols(k).array() > Scalar(0)).select(below, Scalar(0));
+      transposed_product(l, rq.act[l].leftCols(k), below, pre[l - 1].leftCols(k));
     }
     transposed_product(0, rq.act[0].leftCols(k), g);
   }
@@ -719,11 +767,22 @@ class Tower {
       for (Index j = 0; j < m; ++j) p0.col(j) = ws.pre[0].col(columns[j]);
     else
       p0 = ws.pre[0].leftCols(m);
-    detail::gemm_add(p0, weights_[0].rightCols(static_cast<Index>(item_dim_)), moves);
-    for (std::size_t l = 0; l < hidden_.size(); ++l) {
-      auto a = detail::scratch_cols(rq.act[l], weights_[l].rows(), m);
-      a = rq.pre[l].leftCols(m).cwiseMax(Scalar(0));
-      layer_product(l + 1, a, detail::scratch_cols(rq.pre[l + 1], weights_[l + 1].rows(), m));
+    // Each hidden layer's ReLU is written by the product below it (see forward()).
+    const std::size_t hidden = hidden_.size();
+    const auto w_item = weights_[0].rightCols(static_cast<Index>(item_dim_));
+    if (hidden == 0) {
+      detail::gemm_add(p0, w_item, moves);
+      return;
+    }
+    detail::gemm_add(p0, w_item, moves, detail::also_relu(detail::scratch_cols(rq.act[0], weights_[0].rows(), m)));
+    for (std::size_t l = 0; l < hidden; ++l) {
+      auto next = detail::scratch_cols(rq.pre[l + 1], weights_[l + 1].rows(), m);
+      if (l + 1 < hidden) {
+        auto next_act = detail::scratch_cols(rq.act[l + 1], weights_[l + 1].rows(), m);
+        layer_product(l + 1, rq.act[l].leftCols(m), next, &next_act);
+      } else {
+        layer_product(l + 1, rq.act[l].leftCols(m), next);
+      }
     }
   }
 
@@ -743,10 +802,15 @@ class Tower {
   // pre = b_l 1^T + W_l a for layer l >= 1: the tower's own product kernel
   // (age/model/gemm.hpp), or Eigen's for a layer narrower than one vector (the output
   // logit), where the kernel would fall back to one scalar dot product per candidate.
-  void layer_product(std::size_t l, ConstMatrixRef a, MatrixRef pre) const {
+  // With `act` (pre's shape), also act = ReLU(pre), in the same pass on the kernel.
+  template <class Act = Matrix>
+  void layer_product(std::size_t l, ConstMatrixRef a, MatrixRef pre, Act* act = nullptr) const {
     if (weights_[l].rows() >= detail::gemm_kernel::kWidth) {
-      detail::gemm_from_column(pre, biases_[l], weights_[l], a);
-    } else if (weights_[l].rows() == 1) {
+      detail::gemm_from_column(pre, biases_[l], weights_[l], a,
+                               act ? detail::also_relu(*act) : detail::gemm_kernel::Finish{});
+      return;
+    }
+    if (weights_[l].rows() == 1) {
       // The output logit: a row vector times the batch, written as one so that Eigen
       // takes its matrix-vector product rather than its general (packing) product.
       pre.row(0).setConstant(biases_[l][0]);
@@ -755,12 +819,14 @@ class Tower {
       pre.colwise() = biases_[l];
       pre.noalias() += weights_[l] * a;
     }
+    if (act) *act = pre.cwiseMax(Scalar(0));
   }
 
   // y = W_l^T d (layer l >= 1) or W_item^T d (l = 0), the products of the input gradient:
   // the product kernel on the committed transposed copy, or Eigen's transposed product
   // while the weights are being edited (see weight()) or the output is narrower than one
-  // vector.
+  // vector. With `below` (the pre-activation of layer l - 1, y's shape), through that
+  // layer's ReLU: y = 1[below > 0] .* W_l^T d, in the same pass on the kernel.
   void transposed_product(std::size_t l, ConstMatrixRef d, MatrixRef y) const {
     if (weights_committed_ && y.rows() >= detail::gemm_kernel::kWidth) {
       detail::gemm_assign(y, transposed_[l], d);
@@ -769,6 +835,14 @@ class Tower {
     } else {
       y.noalias() = weights_[l].transpose() * d;
     }
+  }
+  void transposed_product(std::size_t l, ConstMatrixRef d, MatrixRef y, const ConstMatrixRef& below) const {
+    if (weights_committed_ && y.rows() >= detail::gemm_kernel::kWidth) {
+      detail::gemm_assign(y, transposed_[l], d, detail::keep_if_positive(below));
+      return;
+    }
+    transposed_product(l, d, y);
+    y = (below.array() > Scalar(0)).select(y, Scalar(0));
   }
 
   // act_l = ReLU(pre_l), times the dropout mask when there is one.
