@@ -11,6 +11,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "age/core/rng.hpp"
 #include "age/model/gemm.hpp"
@@ -79,6 +80,18 @@ TEST_CASE("product kernel: equals Eigen's product for every block and tail shape
         const Matrix expected_kept = (sign.array() > Scalar(0)).select(expected_assign, Scalar(0));
         CHECK(max_error(y, expected_kept, k) < 1e-6);
         CHECK(((sign.array() > Scalar(0)) || (y.array() == Scalar(0))).all());
+
+        // ... with the sign columns picked by an index list (reversed, from a wider matrix).
+        Matrix wide_sign = random_matrix(m, n + 3, rng);
+        std::vector<Index> picked(static_cast<std::size_t>(n));
+        for (Index j = 0; j < n; ++j) picked[static_cast<std::size_t>(j)] = n + 2 - j;
+        y = y0;
+        detail::gemm_assign(y, a, x, detail::keep_if_positive(wide_sign, picked.data()));
+        for (Index j = 0; j < n; ++j) {
+          const auto s_col = wide_sign.col(picked[static_cast<std::size_t>(j)]).array();
+          const Matrix expected_col = (s_col > Scalar(0)).select(expected_assign.col(j).array(), Scalar(0)).matrix();
+          CHECK(max_error(y.col(j), expected_col, k) < 1e-6);
+        }
       }
     }
   }

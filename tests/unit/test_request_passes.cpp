@@ -341,3 +341,70 @@ TEST_CASE("certified linear moves: an edited, uncommitted tower runs the full pa
   tower.commit_weights();
   CHECK_NOTHROW(tower.request_linear_radius(ws, r));
 }
+
+TEST_CASE("request_select: the passes read the kept candidates in place, also after a second select", "[request]") {
+  // Committed (the product kernel with its gathered ReLU gates) and edited (Eigen's
+  // products, the gates gathered column by column); a 2-hidden-layer tower (the fused
+  // dropout logit) and a 3-hidden-layer one (the rank-|J| column, then products).
+  for (const Shape& shape : {Shape{6, 8, {40, 37}}, Shape{3, 5, {10, 7, 6}}}) {
+    for (bool committed : {true, false}) {
+      INFO(describe(shape) << (committed ? ", committed" : ", edited"));
+      Rng rng(47 + shape.hidden.size());
+      Tower tower(shape.user_dim, shape.item_dim, shape.hidden);
+      tower.initialize(rng);
+      if (!committed) tower.weight(1)(0, 0) += 0.125f;
+      const Index n = 13;
+      const Matrix user = random_matrix(static_cast<Index>(shape.user_dim), 1, rng);
+      const Matrix items = random_matrix(static_cast<Index>(shape.item_dim), n, rng);
+      TowerWorkspace ws, plain;
+      RowVector z(n);
+      tower.begin_request(user, items, ws, z);
+      const RowVector all_logits = z;
+
+      // {1, 4, 5, 9, 12}, then its positions {0, 2, 4}: candidates 1, 5 and 12.
+      const std::vector<Index> first{1, 4, 5, 9, 12}, second{0, 2, 4}, kept{1, 5, 12};
+      tower.request_select(first, ws);
+      tower.request_select(second, ws);
+      const Index k = 3;
+      REQUIRE(tower.request_size(ws) == k);
+      Matrix sub_items(items.rows(), k);
+      for (Index j = 0; j < k; ++j) sub_items.col(j) = items.col(kept[static_cast<std::size_t>(j)]);
+
+      RowVector zk(k), ek(k);
+      tower.request_logits(nullptr, ws, zk);
+      for (Index j = 0; j < k; ++j) CHECK(zk[j] == all_logits[kept[static_cast<std::size_t>(j)]]);
+      for (double p : {0.05, 0.6}) {  // the rank-|J| update and the dense product
+        DropoutMask mask;
+        tower.sample_mask(p, 1, rng, mask);
+        tower.request_logits(&mask, ws, zk);
+        tower.logits(user, sub_items, &mask, plain, ek);
+        CAPTURE(p);
+        CHECK(max_rel_diff(zk, ek) < 1e-6f);
+      }
+
+      RowVector ones = RowVector::Ones(k), p_plain(k);
+      Matrix g(items.rows(), k), g_plain;
+      tower.request_item_gradient(ones, ws, g);
+      tower.probability_gradient(user, sub_items, nullptr, plain, p_plain, &g_plain);
+      for (Index j = 0; j < k; ++j) g_plain.col(j) /= p_plain[j] * (1 - p_plain[j]);
+      CHECK(max_rel_diff(g, g_plain) < 1e-5f);
+
+      // Moves both certified (tiny) and run in full (large), from the kept columns.
+      for (Scalar scale : {Scalar(1e-5), Scalar(0.5)}) {
+        const Matrix dh = scale * random_matrix(items.rows(), k, rng);
+        tower.request_moved_logits(dh, ws, zk);
+        tower.logits(user, sub_items + dh, nullptr, plain, ek);
+        CAPTURE(scale);
+        CHECK(max_rel_diff(zk, ek) < 2e-6f);
+      }
+      if (committed) {
+        RowVector r(k), r_all(n);
+        tower.request_linear_radius(ws, r);
+        TowerWorkspace fresh;
+        tower.begin_request(user, items, fresh, z);
+        tower.request_linear_radius(fresh, r_all);
+        for (Index j = 0; j < k; ++j) CHECK(r[j] == r_all[kept[static_cast<std::size_t>(j)]]);
+      }
+    }
+  }
+}

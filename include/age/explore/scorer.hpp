@@ -36,7 +36,7 @@
 // and policies that use them (the library's, when only the item part moves), a request
 // costs one no-dropout pass that every later step reuses: the MC-Dropout samples redo
 // only what a mask changes, the input gradient walks down from the cached pass, and
-// h + dh costs pre0 + W_item dh; the open candidates are narrowed in place
+// h + dh costs pre0 + W_item dh; the passes read the open candidates in place
 // (request_select). The scores equal the plain path's up to float rounding, with the same
 // random draws; the workspace's buffers only grow, so once warmed up on the largest N,
 // scoring allocates nothing, whatever the number of open candidates.
@@ -248,7 +248,7 @@ class AgeScorer : public CandidateLimit {
                                     explored);
       for (Index i : ws.open) out.explored[i] = explored[i];
     } else if (k > 0) {
-      // Only the open candidates move: the cached pass is narrowed to them in place.
+      // Only the open candidates move: the passes read them in place in the cached pass.
       model.request_select(std::span<const Index>(ws.open), ws.model);
       auto base = detail::scratch_head(ws.base, k);
       auto delta = detail::scratch_head(ws.delta, k);

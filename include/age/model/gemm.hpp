@@ -57,6 +57,30 @@ inline Vec load(const float* p) noexcept {
 }
 inline void store(float* p, Vec v) noexcept { std::memcpy(p, &v, sizeof v); }
 
+// One vector's lanes folded with `op` (a sum, a min) pairwise: each step adds the upper
+// half of the lanes to the lower half (log2(kWidth) steps on registers).
+template <int W>
+struct Lanes {
+  typedef float type __attribute__((vector_size(W * sizeof(float))));
+};
+template <int W, class Op>
+inline float fold_lanes(typename Lanes<W>::type v, Op op) noexcept {
+  if constexpr (W == 1) {
+    return v[0];
+  } else {
+    typename Lanes<W / 2>::type low, high;
+    std::memcpy(&low, &v, sizeof low);
+    std::memcpy(&high, reinterpret_cast<const char*>(&v) + sizeof low, sizeof high);
+    return fold_lanes<W / 2>(op(low, high), op);
+  }
+}
+inline float sum_lanes(Vec v) noexcept {
+  return fold_lanes<kWidth>(v, [](auto a, auto b) { return a + b; });
+}
+inline float min_lanes(Vec v) noexcept {
+  return fold_lanes<kWidth>(v, [](auto a, auto b) { return b < a ? b : a; });
+}
+
 // How the output starts: from zero, from its own values (Y += A X), or from one column
 // c repeated for every candidate (Y = c 1^T + A X: a bias, or a shared user part).
 struct Start {
@@ -69,37 +93,43 @@ struct Start {
 //   relu_copy:        also R = max(Y, 0), R of Y's shape (the layer's activation next to
 //                     its pre-activation; NaN stays NaN and -0 stays -0, like Eigen's
 //                     cwiseMax(0) on this tower's data)
-//   keep_if_positive: Y = (S > 0) ? Y : 0, S of Y's shape (the input gradient through a
-//                     ReLU, S the pre-activation)
+//   keep_if_positive: Y = (S > 0) ? Y : 0, S with Y's rows (the input gradient through a
+//                     ReLU, S the pre-activation); Y's column c reads S's column c, or
+//                     column sign_columns[c] when given (candidates kept in place by
+//                     Tower::request_select)
 struct Finish {
   enum Kind { none, relu_copy, keep_if_positive } kind = none;
-  float* relu = nullptr;         // relu_copy
-  const float* sign = nullptr;   // keep_if_positive
-  long ld = 0;                   // column stride of R or S
+  float* relu = nullptr;                 // relu_copy
+  const float* sign = nullptr;           // keep_if_positive
+  long ld = 0;                           // column stride of R or S
+  const Index* sign_columns = nullptr;   // keep_if_positive, optional
 
   // The same finish for the block of Y starting at row i, column j.
   Finish at(long i, long j) const noexcept {
     Finish f = *this;
     if (f.relu) f.relu += j * ld + i;
-    if (f.sign) f.sign += j * ld + i;
+    if (f.sign) f.sign += (f.sign_columns ? 0 : j * ld) + i;
+    if (f.sign_columns) f.sign_columns += j;
     return f;
   }
+  // Offset of column c, row r of R or S in this block.
+  long offset(int c, long r) const noexcept { return (sign_columns ? sign_columns[c] : c) * ld + r; }
 };
 
-inline Vec finish_vector(Vec v, const Finish& f, long offset) noexcept {
+inline Vec finish_vector(Vec v, const Finish& f, int c, long r) noexcept {
   if (f.kind == Finish::relu_copy) {
-    store(f.relu + offset, v < Vec{} ? Vec{} : v);
+    store(f.relu + f.offset(c, r), v < Vec{} ? Vec{} : v);
   } else if (f.kind == Finish::keep_if_positive) {
-    v = load(f.sign + offset) > Vec{} ? v : Vec{};
+    v = load(f.sign + f.offset(c, r)) > Vec{} ? v : Vec{};
   }
   return v;
 }
 
-inline float finish_scalar(float v, const Finish& f, long offset) noexcept {
+inline float finish_scalar(float v, const Finish& f, int c, long r) noexcept {
   if (f.kind == Finish::relu_copy) {
-    f.relu[offset] = v < 0.0f ? 0.0f : v;
+    f.relu[f.offset(c, r)] = v < 0.0f ? 0.0f : v;
   } else if (f.kind == Finish::keep_if_positive) {
-    v = f.sign[offset] > 0.0f ? v : 0.0f;
+    v = f.sign[f.offset(c, r)] > 0.0f ? v : 0.0f;
   }
   return v;
 }
@@ -130,7 +160,7 @@ inline void block(long k_size, const float* a, long lda, const float* x, long ld
   }
   for (int c = 0; c < NC; ++c)
     for (int r = 0; r < RV; ++r)
-      store(y + c * ldy + r * kWidth, finish_vector(acc[r][c], finish, c * finish.ld + r * kWidth));
+      store(y + c * ldy + r * kWidth, finish_vector(acc[r][c], finish, c, r * kWidth));
 }
 
 // All M rows of NC columns: blocks of kRowVectors vectors, then pairs and single vectors,
@@ -154,7 +184,7 @@ inline void columns(long m, long k_size, const float* a, long lda, const float* 
                 : start.kind == Start::column   ? start.column_values[i]
                                                 : 0.0f;
       for (long k = 0; k < k_size; ++k) s += a[k * lda + i] * x[c * ldx + k];
-      y[c * ldy + i] = finish_scalar(s, finish, c * finish.ld + i);
+      y[c * ldy + i] = finish_scalar(s, finish, c, i);
     }
 }
 
@@ -181,12 +211,13 @@ inline void multiply(long m, long n, long k_size, const float* a, long lda, cons
 }  // namespace gemm_kernel
 
 // What to do with y in registers after the product (gemm_kernel::Finish): nothing, also
-// write r = max(y, 0) (r of y's shape), or zero y where s <= 0 (s of y's shape).
+// write r = max(y, 0) (r of y's shape), or zero y where s <= 0 (s with y's rows: its
+// first columns, or the columns `columns` lists, one per column of y).
 inline gemm_kernel::Finish also_relu(MatrixRef r) noexcept {
   return {gemm_kernel::Finish::relu_copy, r.data(), nullptr, r.outerStride()};
 }
-inline gemm_kernel::Finish keep_if_positive(const ConstMatrixRef& s) noexcept {
-  return {gemm_kernel::Finish::keep_if_positive, nullptr, s.data(), s.outerStride()};
+inline gemm_kernel::Finish keep_if_positive(const ConstMatrixRef& s, const Index* columns = nullptr) noexcept {
+  return {gemm_kernel::Finish::keep_if_positive, nullptr, s.data(), s.outerStride(), columns};
 }
 
 // y = a x (a: M x K, x: K x N, y: M x N). No aliasing between y and a or x, like

@@ -23,8 +23,9 @@
 //   - a move too short to change the sign of any hidden unit (a radius per candidate
 //     proves it) stays in one linear piece of the network: logit(h + dh) = logit(h) +
 //     grad . dh, no pass at all (set_linear_moves).
-// The products run on the tower's own kernel (age/model/gemm.hpp); the input gradient's
-// on transposed weight copies that commit_weights() keeps.
+// The products run on the tower's own kernel (age/model/gemm.hpp), which also writes each
+// ReLU (and applies the gradient's ReLU gates) while a block is in registers; the input
+// gradient's on transposed weight copies that commit_weights() keeps.
 // Their scratch only grows, so a warmed-up workspace serves any request size up to the
 // largest seen, and any subset of the candidates (request_select), without allocating.
 #pragma once
@@ -64,6 +65,9 @@ struct TowerGradients {
 // Scratch of the request passes (Tower::begin_request and the request_* passes).
 struct TowerRequestScratch {
   Index columns = 0;         // candidates in the cached request (after request_select)
+  // After request_select(): the cached pass's column of each request candidate, read in
+  // place by the passes (empty: candidate j is column j).
+  std::vector<Index> kept;
   bool active = false;       // begin_request() ran and no other pass overwrote the cache
   std::vector<Matrix> pre;   // per layer: pre-activations of the last masked or moved pass
   std::vector<Matrix> act;   // per hidden layer: activations, then backward scratch
@@ -377,6 +381,8 @@ class Tower {
     TowerRequestScratch& rq = ws.request;
     rq.columns = items.cols();
     rq.active = true;
+    rq.kept.clear();
+    rq.kept.reserve(static_cast<std::size_t>(rq.columns));
     rq.moved_valid = false;
     rq.unit_gradient_valid = false;
     // Every scratch buffer sized now for N, whichever passes follow (which ones, and on how
@@ -403,30 +409,37 @@ class Tower {
   }
 
   // Keeps only the candidates at positions `keep` (strictly increasing, relative to the
-  // current request), in that order, e.g. those whose gate is open. The cached
-  // pre-activations are narrowed in place (ws.act is not: backward() has no meaning on
-  // this workspace until its next forward pass).
+  // current request), in that order, e.g. those whose gate is open. Nothing is copied:
+  // the passes read the kept columns of the cached pass where they are (a copy of the
+  // kept pre-activations was ~2.5% of an AGE-TS request of 1000 candidates). ws.pre and
+  // ws.act keep all N columns; backward() has no meaning on this workspace until its
+  // next forward pass.
   void request_select(std::span<const Index> keep, TowerWorkspace& ws) const {
     require_request(ws, "request_select");
+    TowerRequestScratch& rq = ws.request;
     const Index k = static_cast<Index>(keep.size());
     Index previous = -1;
     for (Index j = 0; j < k; ++j) {
       const Index i = keep[static_cast<std::size_t>(j)];
-      if (i <= previous || i >= ws.request.columns)
+      if (i <= previous || i >= rq.columns)
         throw InputError("request_select: keep[" + std::to_string(j) + "]: expected a position in (" +
-                         std::to_string(previous) + ", " + std::to_string(ws.request.columns) + "), got " +
+                         std::to_string(previous) + ", " + std::to_string(rq.columns) + "), got " +
                          std::to_string(i));
       previous = i;
-      if (i == j) continue;
-      // j < i: moving columns leftwards in increasing order never overwrites a kept one.
-      // The request passes read the pre-activations only (the activations are ReLU(pre)),
-      // so only these move.
-      for (Matrix& m : ws.pre) m.col(j) = m.col(i);
-      ws.request.logits[j] = ws.request.logits[i];
     }
-    ws.request.columns = k;
-    ws.request.moved_valid = false;
-    ws.request.unit_gradient_valid = false;
+    // j <= keep[j]: composing (or compacting the logits) in increasing j never overwrites
+    // an entry still to be read.
+    const bool first = rq.kept.empty();
+    if (first) rq.kept.resize(static_cast<std::size_t>(k));  // within the reserved N
+    for (Index j = 0; j < k; ++j) {
+      const Index i = keep[static_cast<std::size_t>(j)];
+      rq.kept[static_cast<std::size_t>(j)] = first ? i : rq.kept[static_cast<std::size_t>(i)];
+      rq.logits[j] = rq.logits[i];
+    }
+    rq.kept.resize(static_cast<std::size_t>(k));
+    rq.columns = k;
+    rq.moved_valid = false;
+    rq.unit_gradient_valid = false;
   }
 
   // Logits of the request's candidates under a dropout mask (1 or request_size() columns;
@@ -457,14 +470,17 @@ class Tower {
     const bool sparse = changed_units(mask->layers[0], rq, s);
     if (sparse && fold_top && top == 1) {
       // The 2-hidden-layer tower: each candidate's logit in one go (rq.pre is not written).
-      for (Index n = 0; n < k; ++n) out[n] = shared_mask_logit(mask->layers[0], s, n, ws) + b_out;
+      for (Index n = 0; n < k; ++n)
+        out[n] = shared_mask_logit(mask->layers[0], s, cached_column(rq, n),
+                                   n + 8 < k ? cached_column(rq, n + 8) : -1, ws) +
+                 b_out;
       return;
     }
     if (sparse) {
-      for (Index n = 0; n < k; ++n) sparse_column(mask->layers[0], s, n, ws, p1.col(n));
+      for (Index n = 0; n < k; ++n) sparse_column(mask->layers[0], s, cached_column(rq, n), ws, p1.col(n));
     } else {
       auto a = detail::scratch_cols(rq.act[0], weights_[0].rows(), k);
-      a = ws.pre[0].leftCols(k).cwiseMax(Scalar(0));
+      for (Index n = 0; n < k; ++n) a.col(n) = ws.pre[0].col(cached_column(rq, n)).cwiseMax(Scalar(0));
       apply_mask(mask->layers[0], a);
       layer_product(1, a, p1);
     }
@@ -500,7 +516,7 @@ class Tower {
     TowerRequestScratch& rq = ws.request;
     prepare(rq);
     if (!linear_moves_) {
-      item_gradient(ws.pre, d_logit, rq, d_items);
+      item_gradient(ws.pre, kept_columns(rq), d_logit, rq, d_items);
       return;
     }
     // The logit's own gradient is kept for certified linear moves, then scaled by d_logit.
@@ -512,7 +528,7 @@ class Tower {
     auto ones = detail::scratch_head(rq.ones, k);
     ones.setOnes();
     auto unit = detail::scratch_cols(rq.unit_gradient, static_cast<Index>(item_dim_), k);
-    item_gradient(ws.pre, ones, rq, unit);
+    item_gradient(ws.pre, kept_columns(rq), ones, rq, unit);
     rq.unit_gradient_valid = true;
     d_items.noalias() = unit * d_logit.asDiagonal();
   }
@@ -592,7 +608,7 @@ class Tower {
     if (!rq.moved_valid)
       throw InputError("request_moved_item_gradient: expected a request_moved_logits() pass before, got none");
     if (!rq.moved_linear) {
-      item_gradient(rq.pre, d_logit, rq, d_items);
+      item_gradient(rq.pre, nullptr, d_logit, rq, d_items);
       return;
     }
     const Index k = rq.columns;
@@ -608,7 +624,7 @@ class Tower {
     auto d_logit_full = detail::scratch_head(rq.gathered_logit, m);
     for (Index j = 0; j < m; ++j) d_logit_full[j] = d_logit[rq.full_moves[static_cast<std::size_t>(j)]];
     auto g = detail::scratch_cols(rq.gathered, static_cast<Index>(item_dim_), m);
-    item_gradient(rq.pre, d_logit_full, rq, g);
+    item_gradient(rq.pre, nullptr, d_logit_full, rq, g);
     for (Index j = 0; j < m; ++j) d_items.col(rq.full_moves[static_cast<std::size_t>(j)]) = g.col(j);
   }
 
@@ -642,6 +658,14 @@ class Tower {
       throw InputError(std::string(pass) +
                        ": request on this workspace: expected one started by begin_request() and not ended by a "
                        "forward pass since, got none");
+  }
+
+  // The column of the cached pass (ws.pre) that holds request candidate j (request_select).
+  static Index cached_column(const TowerRequestScratch& rq, Index j) noexcept {
+    return rq.kept.empty() ? j : rq.kept[static_cast<std::size_t>(j)];
+  }
+  static const Index* kept_columns(const TowerRequestScratch& rq) noexcept {
+    return rq.kept.empty() ? nullptr : rq.kept.data();
   }
 
   void prepare(TowerRequestScratch& rq) const {
@@ -687,18 +711,23 @@ class Tower {
     }
   }
 
-  // sparse_column() and the output layer of a 2-hidden-layer tower for candidate n, with
+  // sparse_column() and the output layer of a 2-hidden-layer tower for cached column n, with
   // the top layer's mask folded into rq.output_weights: sum_i w_i ReLU(pre1'_i) (without
   // the output bias), pre1' never stored. Vectorised over layer 1's units: this runs once
   // per candidate for every TS request, and Eigen's expression (a column, then a dot
   // product) took ~7x longer than the products it needs.
-  Scalar shared_mask_logit(const Matrix& m0, Scalar s, Index n, TowerWorkspace& ws) const {
+  // `ahead` (or -1): the column asked for a few calls later, prefetched.
+  Scalar shared_mask_logit(const Matrix& m0, Scalar s, Index n, Index ahead, TowerWorkspace& ws) const {
     namespace kernel = detail::gemm_kernel;
     TowerRequestScratch& rq = ws.request;
     rq.changed_scale.clear();
     rq.changed_column.clear();
+    const Matrix& pre0 = ws.pre[0];
     for (Index j : rq.changed) {
-      const Scalar a = ws.pre[0](j, n);
+      // pre0's rows are 4 * H0 bytes apart, a cache miss per changed unit and candidate:
+      // fetched a few candidates ahead.
+      if (ahead >= 0) __builtin_prefetch(&pre0(j, ahead));
+      const Scalar a = pre0(j, n);
       if (a > Scalar(0)) {
         rq.changed_scale.push_back((m0(j, 0) - s) * a);
         rq.changed_column.push_back(weights_[1].col(j).data());
@@ -718,8 +747,7 @@ class Tower {
       v = v < kernel::Vec{} ? kernel::Vec{} : v;
       sum += kernel::load(w + i) * v;
     }
-    Scalar logit = 0;
-    for (int lane = 0; lane < kernel::kWidth; ++lane) logit += sum[lane];
+    Scalar logit = kernel::sum_lanes(sum);
     for (; i < h1; ++i) {
       Scalar v = p[i] * s + b[i] * t;
       for (std::size_t c = 0; c < active; ++c) v += rq.changed_column[c][i] * rq.changed_scale[c];
@@ -730,8 +758,9 @@ class Tower {
 
   // The input gradient from the per-layer pre-activations `pre` of a no-dropout pass
   // (the cached one or a moved one): down from d_logit through each ReLU, then W_item^T.
-  void item_gradient(const std::vector<Matrix>& pre, Eigen::Ref<const RowVector> d_logit, TowerRequestScratch& rq,
-                     Eigen::Ref<Matrix> g) const {
+  // Candidate n's column of `pre` is columns[n] (nullptr: n), see request_select.
+  void item_gradient(const std::vector<Matrix>& pre, const Index* columns, Eigen::Ref<const RowVector> d_logit,
+                     TowerRequestScratch& rq, Eigen::Ref<Matrix> g) const {
     // k = d_logit.size(): the request's candidates, or the gathered ones of a moved pass.
     const Index k = d_logit.size();
     const Index di = static_cast<Index>(item_dim_);
@@ -749,10 +778,11 @@ class Tower {
     const auto w_out = weights_[hidden].row(0);
     auto d = detail::scratch_cols(rq.act[top], weights_[top].rows(), k);
     for (Index n = 0; n < k; ++n)
-      d.col(n) = (pre[top].col(n).array() > Scalar(0)).select(d_logit[n] * w_out.transpose().array(), Scalar(0));
+      d.col(n) = (pre[top].col(columns ? columns[n] : n).array() > Scalar(0))
+                     .select(d_logit[n] * w_out.transpose().array(), Scalar(0));
     for (std::size_t l = top; l > 0; --l) {
       auto below = detail::scratch_cols(rq.act[l - 1], weights_[l - 1].rows(), k);
-      transposed_product(l, rq.act[l].leftCols(k), below, pre[l - 1].leftCols(k));
+      transposed_product(l, rq.act[l].leftCols(k), below, pre[l - 1], columns);
     }
     transposed_product(0, rq.act[0].leftCols(k), g);
   }
@@ -763,10 +793,7 @@ class Tower {
   void moved_pass(ConstMatrixRef moves, TowerWorkspace& ws, Index m, const Index* columns = nullptr) const {
     TowerRequestScratch& rq = ws.request;
     auto p0 = detail::scratch_cols(rq.pre[0], weights_[0].rows(), m);
-    if (columns)
-      for (Index j = 0; j < m; ++j) p0.col(j) = ws.pre[0].col(columns[j]);
-    else
-      p0 = ws.pre[0].leftCols(m);
+    for (Index j = 0; j < m; ++j) p0.col(j) = ws.pre[0].col(cached_column(rq, columns ? columns[j] : j));
     // Each hidden layer's ReLU is written by the product below it (see forward()).
     const std::size_t hidden = hidden_.size();
     const auto w_item = weights_[0].rightCols(static_cast<Index>(item_dim_));
@@ -788,15 +815,27 @@ class Tower {
 
   // r per cached candidate (see set_linear_moves): min over hidden units of |pre| / bound.
   void linear_radius(const TowerWorkspace& ws, Eigen::Ref<RowVector> r) const {
+    namespace kernel = detail::gemm_kernel;
     const Index k = ws.request.columns;
-    r.setConstant(std::numeric_limits<Scalar>::infinity());
-    for (std::size_t l = 0; l < hidden_.size(); ++l) {
-      const auto pre = ws.pre[l].leftCols(k);
-      const Vector& inv = inverse_move_bound_[l];
-      for (Index n = 0; n < k; ++n)
-        r[n] = std::min(r[n], (pre.col(n).cwiseAbs().cwiseProduct(inv)).minCoeff());
+    constexpr Scalar inf = std::numeric_limits<Scalar>::infinity();
+    for (Index n = 0; n < k; ++n) {
+      const Index c = cached_column(ws.request, n);
+      kernel::Vec smallest = kernel::Vec{} + inf;
+      Scalar tail = inf;
+      for (std::size_t l = 0; l < hidden_.size(); ++l) {
+        const Scalar* pre = ws.pre[l].col(c).data();
+        const Scalar* inv = inverse_move_bound_[l].data();
+        const Index h = ws.pre[l].rows();
+        Index i = 0;
+        for (; i + kernel::kWidth <= h; i += kernel::kWidth) {
+          const kernel::Vec p = kernel::load(pre + i);
+          const kernel::Vec v = (p < kernel::Vec{} ? -p : p) * kernel::load(inv + i);
+          smallest = v < smallest ? v : smallest;
+        }
+        for (; i < h; ++i) tail = std::min(tail, std::abs(pre[i]) * inv[i]);
+      }
+      r[n] = std::min(tail, kernel::min_lanes(smallest)) * Scalar(0.99);  // margin for the rounding of pre and of the bounds
     }
-    r *= Scalar(0.99);  // margin for the rounding of pre and of the bounds
   }
 
   // pre = b_l 1^T + W_l a for layer l >= 1: the tower's own product kernel
@@ -836,13 +875,16 @@ class Tower {
       y.noalias() = weights_[l].transpose() * d;
     }
   }
-  void transposed_product(std::size_t l, ConstMatrixRef d, MatrixRef y, const ConstMatrixRef& below) const {
+  // `below`'s column columns[n] (nullptr: n) goes with y's column n (request_select).
+  void transposed_product(std::size_t l, ConstMatrixRef d, MatrixRef y, const Matrix& below,
+                          const Index* columns) const {
     if (weights_committed_ && y.rows() >= detail::gemm_kernel::kWidth) {
-      detail::gemm_assign(y, transposed_[l], d, detail::keep_if_positive(below));
+      detail::gemm_assign(y, transposed_[l], d, detail::keep_if_positive(below, columns));
       return;
     }
     transposed_product(l, d, y);
-    y = (below.array() > Scalar(0)).select(y, Scalar(0));
+    for (Index n = 0; n < y.cols(); ++n)
+      y.col(n) = (below.col(columns ? columns[n] : n).array() > Scalar(0)).select(y.col(n), Scalar(0));
   }
 
   // act_l = ReLU(pre_l), times the dropout mask when there is one.
