@@ -175,9 +175,11 @@ void evaluate_moved(const M& model, bool whole, ConstMatrixRef user, ConstMatrix
 
 // --- Request passes (RequestPassModel) -------------------------------------------------------
 
-// Zero move for the request's n candidates and eps_n = lambda' |delta_n|, in grow-only
-// buffers. Returns false when every radius is zero (nothing to move).
-inline bool start_request_move(double lambda, Index item_dim, Eigen::Ref<const RowVector> delta, MoveWorkspace& ws) {
+// Zero move for the request's n candidates (unless the caller writes every column
+// itself: zero_move = false) and eps_n = lambda' |delta_n|, in grow-only buffers.
+// Returns false when every radius is zero (nothing to move).
+inline bool start_request_move(double lambda, Index item_dim, Eigen::Ref<const RowVector> delta, MoveWorkspace& ws,
+                               bool zero_move = true) {
   const Index n = delta.size();
   auto radius = scratch_head(ws.radius, n);
   bool any = false;
@@ -185,7 +187,8 @@ inline bool start_request_move(double lambda, Index item_dim, Eigen::Ref<const R
     radius[i] = static_cast<Scalar>(lambda * std::abs(static_cast<double>(delta[i])));
     any = any || radius[i] > 0;
   }
-  scratch_cols(ws.d_items, item_dim, n).setZero();
+  auto d = scratch_cols(ws.d_items, item_dim, n);
+  if (zero_move) d.setZero();
   return any;
 }
 
@@ -282,16 +285,21 @@ struct Fgm {
   void explore_request(const M& model, Eigen::Ref<const RowVector> base, Eigen::Ref<const RowVector> delta, Rng&,
                        typename M::Workspace& model_ws, MoveWorkspace& ws, Eigen::Ref<RowVector> explored) const {
     const Index n = base.size(), di = static_cast<Index>(model.item_dim());
-    if (!detail::start_request_move(lambda, di, delta, ws)) {
+    if (!detail::start_request_move(lambda, di, delta, ws, false)) {
       explored = base;
       return;
     }
     detail::request_gradient(model, false, di, base, model_ws, ws);
+    // move() in one write per candidate: dh = sign(delta) (eps / ||g||) g, or 0.
     for (Index i = 0; i < n; ++i) {
       const double norm = detail::gradient_norm(false, ws, i);
-      if (norm > 0.0) detail::add_scaled_gradient(false, ws, i, static_cast<Scalar>(ws.radius[i] / norm));
+      if (norm > 0.0) {
+        const Scalar scale = static_cast<Scalar>(ws.radius[i] / norm);
+        ws.d_items.col(i) = (delta[i] < 0 ? -scale : scale) * ws.g_items.col(i);
+      } else {
+        ws.d_items.col(i).setZero();
+      }
     }
-    detail::apply_delta_sign(false, delta, ws);
     detail::request_moved_probabilities(model, n, model_ws, ws, explored);
   }
 };

@@ -26,6 +26,7 @@
 
 #include <cassert>
 #include <cstring>
+#include <utility>
 
 #include "age/core/types.hpp"
 
@@ -57,29 +58,33 @@ inline Vec load(const float* p) noexcept {
 }
 inline void store(float* p, Vec v) noexcept { std::memcpy(p, &v, sizeof v); }
 
-// One vector's lanes folded with `op` (a sum, a min) pairwise: each step adds the upper
-// half of the lanes to the lower half (log2(kWidth) steps on registers).
+// One vector's lanes folded with `op` (a sum, a min) pairwise: each step combines the
+// lower and the upper half of the lanes, in registers (log2(kWidth) steps).
+// __builtin_shufflevector: GCC >= 12 and Clang.
 template <int W>
 struct Lanes {
   typedef float type __attribute__((vector_size(W * sizeof(float))));
 };
-template <int W, class Op>
-inline float fold_lanes(typename Lanes<W>::type v, Op op) noexcept {
+template <int W, class Op, std::size_t... I>
+inline float fold_lanes(typename Lanes<W>::type v, Op op, std::index_sequence<I...>) noexcept {
   if constexpr (W == 1) {
     return v[0];
   } else {
-    typename Lanes<W / 2>::type low, high;
-    std::memcpy(&low, &v, sizeof low);
-    std::memcpy(&high, reinterpret_cast<const char*>(&v) + sizeof low, sizeof high);
-    return fold_lanes<W / 2>(op(low, high), op);
+    const typename Lanes<W / 2>::type low = __builtin_shufflevector(v, v, static_cast<int>(I)...);
+    const typename Lanes<W / 2>::type high = __builtin_shufflevector(v, v, static_cast<int>(I + W / 2)...);
+    return fold_lanes<W / 2>(op(low, high), op, std::make_index_sequence<W / 4>{});
   }
 }
 inline float sum_lanes(Vec v) noexcept {
-  return fold_lanes<kWidth>(v, [](auto a, auto b) { return a + b; });
+  return fold_lanes<kWidth>(v, [](auto a, auto b) { return a + b; }, std::make_index_sequence<kWidth / 2>{});
 }
 inline float min_lanes(Vec v) noexcept {
-  return fold_lanes<kWidth>(v, [](auto a, auto b) { return b < a ? b : a; });
+  return fold_lanes<kWidth>(v, [](auto a, auto b) { return b < a ? b : a; }, std::make_index_sequence<kWidth / 2>{});
 }
+
+// |v| by clearing the sign bits.
+typedef int IntVec __attribute__((vector_size(kWidth * sizeof(int))));
+inline Vec abs_lanes(Vec v) noexcept { return reinterpret_cast<Vec>(reinterpret_cast<IntVec>(v) & 0x7fffffff); }
 
 // How the output starts: from zero, from its own values (Y += A X), or from one column
 // c repeated for every candidate (Y = c 1^T + A X: a bias, or a shared user part).

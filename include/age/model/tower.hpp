@@ -829,7 +829,7 @@ class Tower {
         Index i = 0;
         for (; i + kernel::kWidth <= h; i += kernel::kWidth) {
           const kernel::Vec p = kernel::load(pre + i);
-          const kernel::Vec v = (p < kernel::Vec{} ? -p : p) * kernel::load(inv + i);
+          const kernel::Vec v = kernel::abs_lanes(p) * kernel::load(inv + i);
           smallest = v < smallest ? v : smallest;
         }
         for (; i < h; ++i) tail = std::min(tail, std::abs(pre[i]) * inv[i]);
