@@ -15,8 +15,8 @@
 // Optionally, for a model with request passes (RequestPassModel, age/model/tower.hpp),
 //   p.request_ready()  and  p.explore_request(model, base, delta, rng, model_ws, ws, explored)
 // do explore() on the request cached in model_ws by model.begin_request() (possibly
-// narrowed to a subset by model.request_select()): the gradient at h walks down from the cached pass
-// and h + dh costs pre0 + W_item dh, no full forward. The AGE scorer uses it when
+// narrowed to a subset by model.request_select()): the gradient at h walks down from the
+// cached pass and h + dh costs pre0 + W_item dh, no full forward. The AGE scorer uses it when
 // request_ready() (the library's policies: when only the item part moves). Same random
 // draws, same values up to float rounding; the buffers of ws only grow, and only their
 // first N columns are meaningful afterwards.

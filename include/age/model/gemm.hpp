@@ -227,9 +227,8 @@ inline gemm_kernel::Finish keep_if_positive(const ConstMatrixRef& s, const Index
 
 // y = a x (a: M x K, x: K x N, y: M x N). No aliasing between y and a or x, like
 // Eigen's noalias(). Every operand is a column-major block with unit inner stride (a
-// Matrix or a range of its columns, which Ref takes without copying). `finish` (with
-// the r or s it names, which must have y's shape) runs on each block while it is in
-// registers.
+// Matrix or a range of its columns, which Ref takes without copying). `finish`
+// (also_relu, keep_if_positive) runs on each block while it is in registers.
 inline void gemm_assign(MatrixRef y, const ConstMatrixRef& a, const ConstMatrixRef& x,
                         const gemm_kernel::Finish& finish = {}) noexcept {
   assert(a.rows() == y.rows() && a.cols() == x.rows() && x.cols() == y.cols());
