@@ -136,6 +136,21 @@ inline void add_scaled_gradient(bool whole, MoveWorkspace& ws, Index n, Scalar s
   if (whole) ws.d_user.col(n) += scale * ws.g_user.col(n);
 }
 
+// FGM's move of candidate n from its gradient, written once:
+//   dh_n = sign(delta_n) * (eps_n / ||g_n||) * g_n, or 0 when ||g_n|| is 0 or not finite.
+inline void set_fgm_move(bool whole, Eigen::Ref<const RowVector> delta, MoveWorkspace& ws, Index n) {
+  const double norm = gradient_norm(whole, ws, n);
+  if (!(norm > 0.0)) {
+    ws.d_items.col(n).setZero();
+    if (whole) ws.d_user.col(n).setZero();
+    return;
+  }
+  const Scalar scale = static_cast<Scalar>(ws.radius[n] / norm);
+  const Scalar signed_scale = delta[n] < 0 ? -scale : scale;
+  ws.d_items.col(n) = signed_scale * ws.g_items.col(n);
+  if (whole) ws.d_user.col(n) = signed_scale * ws.g_user.col(n);
+}
+
 inline double move_norm(bool whole, const MoveWorkspace& ws, Index n) {
   double sq = static_cast<double>(ws.d_items.col(n).squaredNorm());
   if (whole) sq += static_cast<double>(ws.d_user.col(n).squaredNorm());
@@ -266,11 +281,7 @@ struct Fgm {
     const bool whole = target == PerturbTarget::whole_input;
     if (!detail::start_move(lambda, whole, user, items, delta, ws)) return false;
     detail::gradient_at(model, whole, true, user, items, model_ws, ws);
-    for (Index n = 0; n < items.cols(); ++n) {
-      const double norm = detail::gradient_norm(whole, ws, n);
-      if (norm > 0.0) detail::add_scaled_gradient(whole, ws, n, static_cast<Scalar>(ws.radius[n] / norm));
-    }
-    detail::apply_delta_sign(whole, delta, ws);
+    for (Index n = 0; n < items.cols(); ++n) detail::set_fgm_move(whole, delta, ws, n);
     return true;
   }
 
@@ -290,16 +301,7 @@ struct Fgm {
       return;
     }
     detail::request_gradient(model, false, di, base, model_ws, ws);
-    // move() in one write per candidate: dh = sign(delta) (eps / ||g||) g, or 0.
-    for (Index i = 0; i < n; ++i) {
-      const double norm = detail::gradient_norm(false, ws, i);
-      if (norm > 0.0) {
-        const Scalar scale = static_cast<Scalar>(ws.radius[i] / norm);
-        ws.d_items.col(i) = (delta[i] < 0 ? -scale : scale) * ws.g_items.col(i);
-      } else {
-        ws.d_items.col(i).setZero();
-      }
-    }
+    for (Index i = 0; i < n; ++i) detail::set_fgm_move(false, delta, ws, i);
     detail::request_moved_probabilities(model, n, model_ws, ws, explored);
   }
 };
