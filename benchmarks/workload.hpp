@@ -114,7 +114,10 @@ struct Workload {
 //     (a mask on the hidden units leaves layer 0's pre-activation unchanged; with the mask
 //      shared by the candidates, layer 1 differs from the no-dropout pass only through
 //      the ~p H0 dropped units: a rank-(p H0) update)
-//   input gradient per explored candidate         B  = 2 H0 H1 + 2 di H0 + 2 H1
+//   input gradient per explored candidate         B  = H0 H1 / 4 + 2 di H0 + 2 H1
+//     (its first product, W1^T times the 0/1 ReLU pattern of layer 1 scaled by w_out, by
+//      the tower's sign table: H1 / 4 table vectors added per output element, see
+//      Tower::set_gradient_tables; as a product it would be 2 H0 H1)
 //   pass at h + dh per fully moved candidate      M  = 2 di H0 + 2 H0 H1 + 2 H1
 //     (only the item part moves: pre0 + W_item dh; a certified move is logit + grad . dh,
 //      and its gradient at h + dh is the one at h)
@@ -128,7 +131,7 @@ inline double useful_flops(Policy policy, double n, double k, double m) {
   const double f = 2 * di * h0 + 2 * h0 * h1 + 2 * h1;
   const double g = 2 * di * hd + 2 * hd;
   const double d = 2 * h1 * (kDropout * h0) + 2 * h1;
-  const double b = 2 * h0 * h1 + 2 * di * h0 + 2 * h1;
+  const double b = h0 * h1 / 4 + 2 * di * h0 + 2 * h1;
   const double mv = 2 * di * h0 + 2 * h0 * h1 + 2 * h1;
   switch (policy) {
     case Policy::greedy: return u + n * f;

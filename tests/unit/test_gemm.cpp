@@ -225,3 +225,132 @@ TEST_CASE("tower: the fused passes at this build's vector width agree with the p
     }
   }
 }
+
+namespace {
+
+// y(:, n) = 1[below(:, c_n) > 0] .* (d[n] at ((top(:, c_n) > 0) .* w)), in double.
+Matrix sign_product_reference(const Matrix& at, const RowVector& w, const Matrix& top, const std::vector<Index>& columns,
+                              const RowVector& d, const Matrix* below) {
+  const Index k = d.size();
+  Matrix y(at.rows(), k);
+  for (Index n = 0; n < k; ++n) {
+    const Index c = columns.empty() ? n : columns[static_cast<std::size_t>(n)];
+    Eigen::VectorXd sum = Eigen::VectorXd::Zero(at.rows());
+    for (Index u = 0; u < at.cols(); ++u)
+      if (top(u, c) > 0) sum += static_cast<double>(w[u]) * at.col(u).cast<double>();
+    for (Index r = 0; r < at.rows(); ++r) {
+      const bool open = !below || (*below)(r, c) > 0;
+      y(r, n) = open ? static_cast<Scalar>(static_cast<double>(d[n]) * sum[r]) : Scalar(0);
+    }
+  }
+  return y;
+}
+
+}  // namespace
+
+TEST_CASE("sign table: the gradient's first product by table lookups equals the product", "[gemm]") {
+  const Index w = detail::gemm_kernel::kWidth;
+  Rng rng(16, 3);
+  struct Case {
+    Index rows, units;
+  };
+  // Units: one, one group, a partial last group (37), the most a table takes (128); rows
+  // one and several vectors. k = 70 candidates: a full block of 64 and a tail of 6 (not a
+  // multiple of the 4 summed together).
+  for (const Case c : {Case{w, 1}, Case{2 * w, 4}, Case{3 * w, 37}, Case{16 * w, 64}, Case{2 * w, 128}}) {
+    INFO("rows " << c.rows << ", units " << c.units << ", vector width " << w);
+    const Matrix at = random_matrix(c.rows, c.units, rng);
+    const RowVector weights = random_matrix(1, c.units, rng);
+    detail::SignTable table;
+    table.build(at, weights);
+    REQUIRE_FALSE(table.empty());
+    CHECK(table.bytes() == static_cast<std::size_t>(c.rows * ((c.units + 3) / 4) * 16) * sizeof(Scalar));
+
+    const Index k = 70, stored = k + 5;
+    Matrix top = random_matrix(c.units, stored, rng), below = random_matrix(c.rows, stored, rng);
+    // Zero, -0 and NaN are not positive, in the top layer's pattern and in the gate.
+    top(0, 1) = 0.0f;
+    top(0, 2) = -0.0f;
+    top(0, 3) = std::numeric_limits<Scalar>::quiet_NaN();
+    below(0, 4) = 0.0f;
+    below(c.rows - 1, 5) = std::numeric_limits<Scalar>::quiet_NaN();
+    RowVector d = random_matrix(1, k, rng);
+    d[6] = 0.0f;
+    std::vector<Index> columns(static_cast<std::size_t>(k));
+    for (Index n = 0; n < k; ++n) columns[static_cast<std::size_t>(n)] = (n * 7 + 3) % stored;
+
+    Matrix y(c.rows, k);
+    table.multiply(top, columns.data(), d, &below, y);
+    CHECK(max_error(y, sign_product_reference(at, weights, top, columns, d, &below), c.units) < 1e-6);
+    table.multiply(top, nullptr, d, nullptr, y);
+    CHECK(max_error(y, sign_product_reference(at, weights, top, {}, d, nullptr), c.units) < 1e-6);
+  }
+  // Shapes without a table: rows that are not whole vectors, too many units, no units.
+  detail::SignTable table;
+  table.build(random_matrix(w + 1, 8, rng), random_matrix(1, 8, rng));
+  CHECK(table.empty());
+  table.build(random_matrix(w, 129, rng), random_matrix(1, 129, rng));
+  CHECK(table.empty());
+  CHECK(table.bytes() == 0);
+}
+
+TEST_CASE("tower: the input gradient with and without the sign table", "[gemm]") {
+  const Index w = detail::gemm_kernel::kWidth;
+  Rng rng(17, 3);
+  struct Case {
+    std::size_t item_dim;
+    std::vector<std::size_t> hidden;
+    bool has_table;
+  };
+  // One hidden layer (the table gives d logit / d items itself: item_dim rows), two and
+  // three (the table gives the layer below's d pre), 128 units (the most), 129 (none).
+  const std::size_t wu = static_cast<std::size_t>(w);
+  for (const Case& c : {Case{2 * wu, {20}, true}, Case{8, {3 * wu, 37}, true}, Case{5, {2 * wu, 3 * wu, 64}, true},
+                        Case{8, {2 * wu, 128}, true}, Case{8, {2 * wu, 129}, false}}) {
+    Tower tower(6, c.item_dim, c.hidden);
+    tower.initialize(rng);
+    INFO("item_dim " << c.item_dim << ", hidden " << c.hidden.size() << ", top " << c.hidden.back());
+    CHECK((tower.gradient_table_bytes() > 0) == c.has_table);
+
+    const Index n = 31;
+    const Matrix user = random_matrix(6, 1, rng), items = random_matrix(static_cast<Index>(c.item_dim), n, rng);
+    const std::vector<Index> keep{0, 3, 4, 8, 15, 16, 23, 29, 30};
+    const Index k = static_cast<Index>(keep.size());
+    const RowVector d = random_matrix(1, k, rng);
+    for (bool linear : {true, false}) {  // d_logit applied after (linear moves) or in the pass
+      tower.set_linear_moves(linear);
+      Matrix by_table(static_cast<Index>(c.item_dim), k), by_product(static_cast<Index>(c.item_dim), k);
+      TowerWorkspace ws;
+      RowVector z(n);
+      tower.begin_request(user, items, ws, z);
+      tower.request_select(keep, ws);
+      tower.set_gradient_tables(true);
+      tower.request_item_gradient(d, ws, by_table);
+      tower.set_gradient_tables(false);
+      tower.request_item_gradient(d, ws, by_product);
+      tower.set_gradient_tables(true);
+      CAPTURE(linear);
+      CHECK(max_error(by_table, by_product, 128) < 1e-6);
+      CHECK(by_product.cwiseAbs().maxCoeff() > 1e-3);
+    }
+  }
+  // An edited tower runs the product until commit_weights() rebuilds the table.
+  Tower tower(6, 8, {2 * wu, 16});
+  tower.initialize(rng);
+  const Matrix user = random_matrix(6, 1, rng), items = random_matrix(8, 5, rng);
+  TowerWorkspace ws, plain;
+  RowVector z(5);
+  tower.weight(2)(0, 3) += 1.0f;  // the output weights: the table is stale
+  Matrix edited(8, 5), committed(8, 5);
+  tower.begin_request(user, items, ws, z);
+  tower.request_item_gradient(RowVector::Ones(5), ws, edited);
+  tower.commit_weights();
+  tower.begin_request(user, items, ws, z);
+  tower.request_item_gradient(RowVector::Ones(5), ws, committed);
+  CHECK(max_error(edited, committed, 128) < 1e-6);
+  RowVector prob(5);
+  Matrix reference;
+  tower.probability_gradient(user, items, nullptr, plain, prob, &reference);
+  for (Index j = 0; j < 5; ++j) reference.col(j) /= prob[j] * (1 - prob[j]);
+  CHECK(max_error(committed, reference, 128) < 1e-5);
+}

@@ -1,0 +1,173 @@
+// The first product of the tower's input gradient by table lookups instead of
+// multiply-adds ("Four Russians").
+//
+// Through the top hidden layer t the gradient of the logit is
+//   y = d * A^T (1[pre_t > 0] .* w_out)          (A^T: the transposed weights below the
+//                                                  output, rows x units; d: d_logit)
+// a fixed matrix B = A^T diag(w_out) times a 0/1 vector, the ReLU pattern of layer t: a
+// sum of the columns of B where pre_t > 0. With the units split into groups of 4, each
+// group's contribution is one of only 16 sums, tabulated once per weight commit: the
+// product becomes units / 4 vector loads and adds per output vector instead of `units`
+// multiply-adds (16 instead of 64 in the reference workload). The table holds 4 x
+// rows x units floats (256 kB for 256 x 64), laid out slice by slice (one vector of
+// output rows at a time), so that the slice being summed, units / 4 x 16 vectors (16 kB
+// at 64 units with 16-float vectors), stays in the first-level cache while a block of
+// candidates is summed.
+//
+// The values equal the product's up to float rounding (the same terms, summed in another
+// order); a NaN pre-activation counts as not positive, as in the multiply-add path.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
+#include "age/core/types.hpp"
+#include "age/model/gemm.hpp"
+
+namespace age::detail {
+
+class SignTable {
+ public:
+  // Units (columns of A^T) per table group, and entries per group.
+  static constexpr int kGroupBits = 4;
+  static constexpr int kEntries = 1 << kGroupBits;
+  // The table is built for at most this many units, so that a slice (units / 4 x 16
+  // vectors) fits the first-level cache, and only when the output rows fill whole vectors.
+  static constexpr Index kMaxUnits = 128;
+  static constexpr int kMaxGroups = static_cast<int>(kMaxUnits) / kGroupBits;
+  static constexpr bool applies(Index rows, Index units) noexcept {
+    return units >= 1 && units <= kMaxUnits && rows >= gemm_kernel::kWidth && rows % gemm_kernel::kWidth == 0;
+  }
+
+  // Tabulates B = at diag(w) (at: rows x units, w: units). Empties the table when the
+  // shape does not apply.
+  void build(const ConstMatrixRef& at, const Eigen::Ref<const RowVector>& w) {
+    constexpr int width = gemm_kernel::kWidth;
+    rows_ = at.rows();
+    units_ = at.cols();
+    if (!applies(rows_, units_)) {
+      clear();
+      return;
+    }
+    groups_ = static_cast<int>((units_ + kGroupBits - 1) / kGroupBits);
+    const Index slices = rows_ / width;
+    table_.resize(width, slices * groups_ * kEntries);
+    for (Index s = 0; s < slices; ++s)
+      for (int g = 0; g < groups_; ++g) {
+        const Index first = entry(s, g, 0);
+        table_.col(first).setZero();
+        for (int e = 1; e < kEntries; ++e) {
+          // Entry e = entry e without its lowest set bit + that bit's column of B (units
+          // past the last one add nothing).
+          const Index unit = static_cast<Index>(g) * kGroupBits + __builtin_ctz(static_cast<unsigned>(e));
+          table_.col(first + e) = table_.col(first + (e & (e - 1)));
+          if (unit < units_) table_.col(first + e) += w[unit] * at.block(s * width, unit, width, 1);
+        }
+      }
+  }
+  void clear() noexcept {
+    table_.resize(0, 0);
+    groups_ = 0;
+  }
+  bool empty() const noexcept { return groups_ == 0; }
+  Index rows() const noexcept { return rows_; }
+  Index units() const noexcept { return units_; }
+  std::size_t bytes() const noexcept { return static_cast<std::size_t>(table_.size()) * sizeof(Scalar); }
+
+  // y(:, n) = 1[below(:, c_n) > 0] .* (d[n] B 1[top(:, c_n) > 0]) for the k = y.cols()
+  // candidates, c_n = columns[n] (nullptr: n); without `below`, no gate. top: units rows,
+  // below: y's rows. Requires !empty() and y.rows() == rows().
+  void multiply(const Matrix& top, const Index* columns, const Eigen::Ref<const RowVector>& d, const Matrix* below,
+                MatrixRef y) const noexcept {
+    namespace kernel = gemm_kernel;
+    constexpr int width = kernel::kWidth;
+    constexpr Index block = 64;  // candidates whose offsets are kept while the slices pass
+    constexpr int lanes = 4;     // candidates summed together (independent add chains)
+    const Index k = y.cols();
+    const Index slices = rows_ / width;
+    const Index slice_size = static_cast<Index>(groups_) * kEntries * width;
+    std::array<std::uint16_t, block * kMaxGroups> offsets;
+    for (Index n0 = 0; n0 < k; n0 += block) {
+      const Index m = std::min(block, k - n0);
+      for (Index c = 0; c < m; ++c) group_offsets(top.col(column(columns, n0 + c)).data(), &offsets[c * groups_]);
+      for (Index s = 0; s < slices; ++s) {
+        const Scalar* slice = table_.data() + s * slice_size;
+        Index c = 0;
+        for (; c + lanes <= m; c += lanes) {
+          kernel::Vec acc[lanes] = {};
+          for (int g = 0; g < groups_; ++g)
+            for (int q = 0; q < lanes; ++q) acc[q] += kernel::load(slice + offsets[(c + q) * groups_ + g]);
+          for (int q = 0; q < lanes; ++q) finish(acc[q], columns, d, below, y, n0 + c + q, s);
+        }
+        for (; c < m; ++c) {
+          kernel::Vec acc = {};
+          for (int g = 0; g < groups_; ++g) acc += kernel::load(slice + offsets[c * groups_ + g]);
+          finish(acc, columns, d, below, y, n0 + c, s);
+        }
+      }
+    }
+  }
+
+ private:
+  Index entry(Index slice, int group, int e) const noexcept {
+    return (slice * groups_ + group) * kEntries + e;
+  }
+  static Index column(const Index* columns, Index n) noexcept { return columns ? columns[n] : n; }
+
+  // The 4-bit pattern (pre > 0) of each group of units, as the offset of its entry within
+  // a slice, for the column p of the top layer's pre-activation.
+  void group_offsets(const Scalar* p, std::uint16_t* out) const noexcept {
+    constexpr int width = gemm_kernel::kWidth;
+    const Index full = units_ / width * width;
+    for (Index i = 0; i < full; i += width) {
+      const unsigned bits = positive_bits(p + i);
+      for (int q = 0; q < width / kGroupBits; ++q) {
+        const int g = static_cast<int>(i / kGroupBits) + q;
+        out[g] = static_cast<std::uint16_t>((g * kEntries + ((bits >> (q * kGroupBits)) & (kEntries - 1))) * width);
+      }
+    }
+    for (Index i = full; i < units_; i += kGroupBits) {
+      unsigned bits = 0;
+      for (Index b = 0; b < kGroupBits && i + b < units_; ++b) bits |= static_cast<unsigned>(p[i + b] > Scalar(0)) << b;
+      const int g = static_cast<int>(i / kGroupBits);
+      out[g] = static_cast<std::uint16_t>((g * kEntries + static_cast<int>(bits)) * width);
+    }
+  }
+
+  // Bit i set when p[i] > 0 (false for NaN), for one vector of floats.
+  static unsigned positive_bits(const Scalar* p) noexcept {
+#if defined(__AVX512F__)
+    return _mm512_cmp_ps_mask(_mm512_loadu_ps(p), _mm512_setzero_ps(), _CMP_GT_OQ);
+#elif defined(__AVX__)
+    return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(p), _mm256_setzero_ps(), _CMP_GT_OQ)));
+#elif defined(__SSE2__)
+    return static_cast<unsigned>(_mm_movemask_ps(_mm_cmpgt_ps(_mm_loadu_ps(p), _mm_setzero_ps())));
+#else
+    unsigned bits = 0;
+    for (int i = 0; i < gemm_kernel::kWidth; ++i) bits |= static_cast<unsigned>(p[i] > Scalar(0)) << i;
+    return bits;
+#endif
+  }
+
+  // Candidate n's rows of slice s: times d[n], gated by `below`, stored.
+  static void finish(gemm_kernel::Vec acc, const Index* columns, const Eigen::Ref<const RowVector>& d,
+                     const Matrix* below, MatrixRef y, Index n, Index s) noexcept {
+    namespace kernel = gemm_kernel;
+    const Index r = s * kernel::kWidth;
+    acc *= d[n];
+    if (below) acc = kernel::load(below->col(column(columns, n)).data() + r) > kernel::Vec{} ? acc : kernel::Vec{};
+    kernel::store(y.col(n).data() + r, acc);
+  }
+
+  Matrix table_;  // kWidth x (slices x groups x 16): entry (s, g, e) is one column
+  Index rows_ = 0, units_ = 0;
+  int groups_ = 0;
+};
+
+}  // namespace age::detail
