@@ -179,6 +179,26 @@ TEST_CASE("bad requests: score() throws the typed error, try_score() returns its
   }
 }
 
+TEST_CASE("the finiteness check finds a non-finite entry in the vector part and the tail", "[validation]") {
+  // 70 rows: whole steps of 4 vectors and a tail at every vector width; a column range of
+  // a larger matrix (outer stride 75).
+  const Matrix base = Matrix::Constant(75, 9, std::numeric_limits<Scalar>::max());
+  const auto block = base.topRows(70);
+  CHECK(detail::all_finite(block));
+  for (const Scalar bad : {std::numeric_limits<Scalar>::quiet_NaN(), std::numeric_limits<Scalar>::infinity(),
+                           -std::numeric_limits<Scalar>::infinity()}) {
+    for (const Index row : {Index(0), Index(17), Index(63), Index(64), Index(69)}) {
+      Matrix m = base;
+      m(row, 5) = bad;
+      CAPTURE(bad, row);
+      CHECK_FALSE(detail::all_finite(m.topRows(70)));
+    }
+    Matrix outside = base;
+    outside(72, 5) = bad;  // below the range: not part of the checked block
+    CHECK(detail::all_finite(outside.topRows(70)));
+  }
+}
+
 TEST_CASE("a request claiming 1e12 candidates is refused before any element is read", "[validation]") {
   const World w;
   // A view that claims 1e12 columns over a buffer of one: reading past the first column

@@ -16,6 +16,7 @@
 #include "age/core/limits.hpp"
 #include "age/core/status.hpp"
 #include "age/core/types.hpp"
+#include "age/model/gemm.hpp"
 
 namespace age {
 
@@ -174,10 +175,29 @@ inline void first_non_finite(ConstMatrixRef m, Index& row, Index& col, double& v
       }
 }
 
+// Whether every entry of m is finite. x * 0 is 0 for a finite x and NaN for inf or NaN,
+// so the sum of x * 0 is NaN exactly when some entry is not: one vectorised reduction with
+// four running sums (a single one waits on each add; Eigen's allFinite() took ~4% of an
+// AGE-TS request of 1000 candidates, and its (x * 0).sum() ~5.6 ns per candidate).
+inline bool all_finite(ConstMatrixRef m) noexcept {
+  namespace kernel = gemm_kernel;
+  constexpr Index step = 4 * kernel::kWidth;
+  kernel::Vec sum[4] = {};
+  Scalar tail = 0;
+  for (Index c = 0; c < m.cols(); ++c) {
+    const Scalar* p = m.col(c).data();
+    Index i = 0;
+    for (; i + step <= m.rows(); i += step)
+      for (int q = 0; q < 4; ++q) sum[q] += kernel::load(p + i + q * kernel::kWidth) * Scalar(0);
+    for (; i < m.rows(); ++i) tail += p[i] * Scalar(0);
+  }
+  return !std::isnan(kernel::sum_lanes((sum[0] + sum[1]) + (sum[2] + sum[3])) + tail);
+}
+
 // Every check a request must pass before it is scored, without throwing or allocating:
 // at least 1 and at most max_candidates candidates, the model's item_dim and user_dim
 // rows, a user with 1 or N columns, one impression count per candidate (when given) and
-// finite embeddings (one allFinite() pass over each matrix). Sizes are checked before any
+// finite embeddings (one all_finite() pass over each matrix). Sizes are checked before any
 // element is read.
 inline Status check_request(const Request& request, Index user_dim, Index item_dim, Index max_candidates) noexcept {
   const Index n = request.size();
@@ -202,10 +222,7 @@ inline Status check_request(const Request& request, Index user_dim, Index item_d
   const ConstMatrixRef* parts[] = {&request.items, &request.user};
   const char* names[] = {"items", "user"};
   for (int p = 0; p < 2; ++p) {
-    // x * 0 is 0 for a finite x and NaN for inf or NaN, so the sum is NaN exactly when
-    // some entry is not finite: one vectorised reduction (Eigen's allFinite() took ~4% of
-    // an AGE-TS request of 1000 candidates).
-    if (!std::isnan((parts[p]->array() * Scalar(0)).sum())) continue;
+    if (all_finite(*parts[p])) continue;
     Index row = 0, col = 0;
     double value = 0.0;
     first_non_finite(*parts[p], row, col, value);

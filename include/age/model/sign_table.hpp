@@ -87,27 +87,37 @@ class SignTable {
                 MatrixRef y) const noexcept {
     namespace kernel = gemm_kernel;
     constexpr int width = kernel::kWidth;
-    constexpr Index block = 64;  // candidates whose offsets are kept while the slices pass
-    constexpr int lanes = 4;     // candidates summed together (independent add chains)
+    constexpr Index block = 128;  // candidates whose patterns are kept while the slices pass
+    constexpr int lanes = 4;      // candidates summed together
     const Index k = y.cols();
     const Index slices = rows_ / width;
     const Index slice_size = static_cast<Index>(groups_) * kEntries * width;
-    std::array<std::uint16_t, block * kMaxGroups> offsets;
+    std::array<Pattern, block> patterns;
     for (Index n0 = 0; n0 < k; n0 += block) {
       const Index m = std::min(block, k - n0);
-      for (Index c = 0; c < m; ++c) group_offsets(top.col(column(columns, n0 + c)).data(), &offsets[c * groups_]);
+      for (Index c = 0; c < m; ++c) patterns[static_cast<std::size_t>(c)] = pattern(top.col(column(columns, n0 + c)).data());
       for (Index s = 0; s < slices; ++s) {
         const Scalar* slice = table_.data() + s * slice_size;
         Index c = 0;
         for (; c + lanes <= m; c += lanes) {
           kernel::Vec acc[lanes] = {};
-          for (int g = 0; g < groups_; ++g)
-            for (int q = 0; q < lanes; ++q) acc[q] += kernel::load(slice + offsets[(c + q) * groups_ + g]);
+          // A group's entry is read from the pattern in a register (shift and mask): the
+          // loads are what bounds this loop, so no offsets are loaded from memory.
+          for (int word = 0; word * kGroupsPerWord < groups_; ++word) {
+            std::uint64_t bits[lanes];
+            for (int q = 0; q < lanes; ++q) bits[q] = patterns[static_cast<std::size_t>(c + q)][word];
+            const Scalar* group = slice + word * kGroupsPerWord * kEntries * width;
+            const int end = std::min(kGroupsPerWord, groups_ - word * kGroupsPerWord);
+            for (int g = 0; g < end; ++g, group += kEntries * width)
+              for (int q = 0; q < lanes; ++q) acc[q] += kernel::load(group + entry_of(bits[q], g) * width);
+          }
           for (int q = 0; q < lanes; ++q) finish(acc[q], columns, d, below, y, n0 + c + q, s);
         }
         for (; c < m; ++c) {
           kernel::Vec acc = {};
-          for (int g = 0; g < groups_; ++g) acc += kernel::load(slice + offsets[c * groups_ + g]);
+          const Pattern& bits = patterns[static_cast<std::size_t>(c)];
+          for (int g = 0; g < groups_; ++g)
+            acc += kernel::load(slice + (g * kEntries + entry_of(bits[g / kGroupsPerWord], g % kGroupsPerWord)) * width);
           finish(acc, columns, d, below, y, n0 + c, s);
         }
       }
@@ -115,29 +125,28 @@ class SignTable {
   }
 
  private:
+  static constexpr int kGroupsPerWord = 64 / kGroupBits;
+  // A top layer column's pattern, 1[pre > 0]: bit i % 64 of word i / 64 for unit i.
+  using Pattern = std::array<std::uint64_t, kMaxUnits / 64>;
+
   Index entry(Index slice, int group, int e) const noexcept {
     return (slice * groups_ + group) * kEntries + e;
   }
   static Index column(const Index* columns, Index n) noexcept { return columns ? columns[n] : n; }
+  // The entry of group g of a pattern word: its 4 bits.
+  static Index entry_of(std::uint64_t word, int g) noexcept {
+    return static_cast<Index>((word >> (kGroupBits * g)) & (kEntries - 1));
+  }
 
-  // The 4-bit pattern (pre > 0) of each group of units, as the offset of its entry within
-  // a slice, for the column p of the top layer's pre-activation.
-  void group_offsets(const Scalar* p, std::uint16_t* out) const noexcept {
+  Pattern pattern(const Scalar* p) const noexcept {
     constexpr int width = gemm_kernel::kWidth;
+    Pattern bits{};
     const Index full = units_ / width * width;
-    for (Index i = 0; i < full; i += width) {
-      const unsigned bits = positive_bits(p + i);
-      for (int q = 0; q < width / kGroupBits; ++q) {
-        const int g = static_cast<int>(i / kGroupBits) + q;
-        out[g] = static_cast<std::uint16_t>((g * kEntries + ((bits >> (q * kGroupBits)) & (kEntries - 1))) * width);
-      }
-    }
-    for (Index i = full; i < units_; i += kGroupBits) {
-      unsigned bits = 0;
-      for (Index b = 0; b < kGroupBits && i + b < units_; ++b) bits |= static_cast<unsigned>(p[i + b] > Scalar(0)) << b;
-      const int g = static_cast<int>(i / kGroupBits);
-      out[g] = static_cast<std::uint16_t>((g * kEntries + static_cast<int>(bits)) * width);
-    }
+    for (Index i = 0; i < full; i += width)
+      bits[static_cast<std::size_t>(i / 64)] |= static_cast<std::uint64_t>(positive_bits(p + i)) << (i % 64);
+    for (Index i = full; i < units_; ++i)
+      bits[static_cast<std::size_t>(i / 64)] |= static_cast<std::uint64_t>(p[i] > Scalar(0)) << (i % 64);
+    return bits;
   }
 
   // Bit i set when p[i] > 0 (false for NaN), for one vector of floats.
