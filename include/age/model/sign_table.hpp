@@ -21,7 +21,6 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
-#include <vector>
 
 #if defined(__SSE2__)
 #include <immintrin.h>
