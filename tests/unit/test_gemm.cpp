@@ -326,9 +326,11 @@ TEST_CASE("tower: the input gradient with and without the sign table", "[gemm]")
       tower.request_select(keep, ws);
       tower.set_gradient_tables(true);
       tower.request_item_gradient(d, ws, by_table);
-      tower.set_gradient_tables(false);
+      tower.set_gradient_tables(false);  // frees the table; on again rebuilds it
+      CHECK(tower.gradient_table_bytes() == 0);
       tower.request_item_gradient(d, ws, by_product);
       tower.set_gradient_tables(true);
+      CHECK((tower.gradient_table_bytes() > 0) == c.has_table);
       CAPTURE(linear);
       CHECK(max_error(by_table, by_product, 128) < 1e-6);
       CHECK(by_product.cwiseAbs().maxCoeff() > 1e-3);

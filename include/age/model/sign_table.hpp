@@ -57,17 +57,24 @@ class SignTable {
     groups_ = static_cast<int>((units_ + kGroupBits - 1) / kGroupBits);
     const Index slices = rows_ / width;
     table_.resize(width, slices * groups_ * kEntries);
+    // Entry e of a group = entry e without its lowest set bit + that bit's column of B
+    // (units past the last one add nothing), one vector of rows at a time, written in
+    // table order. This runs on every commit, i.e. after every optimizer step: plain
+    // vector code (Eigen expressions on blocks of one vector cost more than their
+    // arithmetic, and a slice-strided order thrashes a cache set).
+    namespace kernel = gemm_kernel;
+    Scalar* out = table_.data();
     for (Index s = 0; s < slices; ++s)
       for (int g = 0; g < groups_; ++g) {
-        const Index first = entry(s, g, 0);
-        table_.col(first).setZero();
-        for (int e = 1; e < kEntries; ++e) {
-          // Entry e = entry e without its lowest set bit + that bit's column of B (units
-          // past the last one add nothing).
-          const Index unit = static_cast<Index>(g) * kGroupBits + __builtin_ctz(static_cast<unsigned>(e));
-          table_.col(first + e) = table_.col(first + (e & (e - 1)));
-          if (unit < units_) table_.col(first + e) += w[unit] * at.block(s * width, unit, width, 1);
+        kernel::Vec column[kGroupBits];
+        for (int b = 0; b < kGroupBits; ++b) {
+          const Index unit = static_cast<Index>(g) * kGroupBits + b;
+          column[b] = unit < units_ ? kernel::load(at.col(unit).data() + s * width) * w[unit] : kernel::Vec{};
         }
+        kernel::Vec entry[kEntries];
+        entry[0] = kernel::Vec{};
+        for (int e = 1; e < kEntries; ++e) entry[e] = entry[e & (e - 1)] + column[__builtin_ctz(static_cast<unsigned>(e))];
+        for (int e = 0; e < kEntries; ++e, out += width) kernel::store(out, entry[e]);
       }
   }
   void clear() noexcept {
@@ -128,9 +135,6 @@ class SignTable {
   // A top layer column's pattern, 1[pre > 0]: bit i % 64 of word i / 64 for unit i.
   using Pattern = std::array<std::uint64_t, kMaxUnits / 64>;
 
-  Index entry(Index slice, int group, int e) const noexcept {
-    return (slice * groups_ + group) * kEntries + e;
-  }
   static Index column(const Index* columns, Index n) noexcept { return columns ? columns[n] : n; }
   // The entry of group g of a pattern word: its 4 bits.
   static Index entry_of(std::uint64_t word, int g) noexcept {
