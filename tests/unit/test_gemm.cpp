@@ -255,8 +255,8 @@ TEST_CASE("sign table: the gradient's first product by table lookups equals the 
     Index rows, units;
   };
   // Units: one, one group, a partial last group (37), the most a table takes (128); rows
-  // one and several vectors. k = 70 candidates: a full block of 64 and a tail of 6 (not a
-  // multiple of the 4 summed together).
+  // one and several vectors. k = 134 candidates: a full block of 128 and a tail of 6 (not
+  // a multiple of the 4 summed together).
   for (const Case c : {Case{w, 1}, Case{2 * w, 4}, Case{3 * w, 37}, Case{16 * w, 64}, Case{2 * w, 128}}) {
     INFO("rows " << c.rows << ", units " << c.units << ", vector width " << w);
     const Matrix at = random_matrix(c.rows, c.units, rng);
@@ -266,7 +266,7 @@ TEST_CASE("sign table: the gradient's first product by table lookups equals the 
     REQUIRE_FALSE(table.empty());
     CHECK(table.bytes() == static_cast<std::size_t>(c.rows * ((c.units + 3) / 4) * 16) * sizeof(Scalar));
 
-    const Index k = 70, stored = k + 5;
+    const Index k = 134, stored = k + 5;
     Matrix top = random_matrix(c.units, stored, rng), below = random_matrix(c.rows, stored, rng);
     // Zero, -0 and NaN are not positive, in the top layer's pattern and in the gate.
     top(0, 1) = 0.0f;
