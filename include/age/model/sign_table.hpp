@@ -39,7 +39,6 @@ class SignTable {
   // The table is built for at most this many units, so that a slice (units / 4 x 16
   // vectors) fits the first-level cache, and only when the output rows fill whole vectors.
   static constexpr Index kMaxUnits = 128;
-  static constexpr int kMaxGroups = static_cast<int>(kMaxUnits) / kGroupBits;
   static constexpr bool applies(Index rows, Index units) noexcept {
     return units >= 1 && units <= kMaxUnits && rows >= gemm_kernel::kWidth && rows % gemm_kernel::kWidth == 0;
   }
@@ -83,7 +82,6 @@ class SignTable {
   }
   bool empty() const noexcept { return groups_ == 0; }
   Index rows() const noexcept { return rows_; }
-  Index units() const noexcept { return units_; }
   std::size_t bytes() const noexcept { return static_cast<std::size_t>(table_.size()) * sizeof(Scalar); }
 
   // y(:, n) = 1[below(:, c_n) > 0] .* (d[n] B 1[top(:, c_n) > 0]) for the k = y.cols()
