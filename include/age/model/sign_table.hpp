@@ -72,7 +72,8 @@ class SignTable {
         }
         kernel::Vec entry[kEntries];
         entry[0] = kernel::Vec{};
-        for (int e = 1; e < kEntries; ++e) entry[e] = entry[e & (e - 1)] + column[__builtin_ctz(static_cast<unsigned>(e))];
+        for (int e = 1; e < kEntries; ++e)
+          entry[e] = entry[e & (e - 1)] + column[__builtin_ctz(static_cast<unsigned>(e))];
         for (int e = 0; e < kEntries; ++e, out += width) kernel::store(out, entry[e]);
       }
   }
@@ -99,7 +100,8 @@ class SignTable {
     std::array<Pattern, block> patterns;
     for (Index n0 = 0; n0 < k; n0 += block) {
       const Index m = std::min(block, k - n0);
-      for (Index c = 0; c < m; ++c) patterns[static_cast<std::size_t>(c)] = pattern(top.col(column(columns, n0 + c)).data());
+      for (Index c = 0; c < m; ++c)
+        patterns[static_cast<std::size_t>(c)] = pattern(top.col(column(columns, n0 + c)).data());
       for (Index s = 0; s < slices; ++s) {
         const Scalar* slice = table_.data() + s * slice_size;
         Index c = 0;
@@ -121,7 +123,8 @@ class SignTable {
           kernel::Vec acc = {};
           const Pattern& bits = patterns[static_cast<std::size_t>(c)];
           for (int g = 0; g < groups_; ++g)
-            acc += kernel::load(slice + (g * kEntries + entry_of(bits[g / kGroupsPerWord], g % kGroupsPerWord)) * width);
+            acc += kernel::load(slice +
+                                (g * kEntries + entry_of(bits[g / kGroupsPerWord], g % kGroupsPerWord)) * width);
           finish(acc, columns, d, below, y, n0 + c, s);
         }
       }
@@ -155,7 +158,8 @@ class SignTable {
 #if defined(__AVX512F__)
     return _mm512_cmp_ps_mask(_mm512_loadu_ps(p), _mm512_setzero_ps(), _CMP_GT_OQ);
 #elif defined(__AVX__)
-    return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(p), _mm256_setzero_ps(), _CMP_GT_OQ)));
+    const __m256 positive = _mm256_cmp_ps(_mm256_loadu_ps(p), _mm256_setzero_ps(), _CMP_GT_OQ);
+    return static_cast<unsigned>(_mm256_movemask_ps(positive));
 #elif defined(__SSE2__)
     return static_cast<unsigned>(_mm_movemask_ps(_mm_cmpgt_ps(_mm_loadu_ps(p), _mm_setzero_ps())));
 #else
