@@ -246,6 +246,22 @@ Matrix sign_product_reference(const Matrix& at, const RowVector& w, const Matrix
   return y;
 }
 
+// min over the units of top(:, c_n) and the rows of below(:, c_n) of |pre| * inverse.
+RowVector smallest_ratio_reference(const Matrix& top, const Vector& inverse_top, const Matrix* below,
+                                   const Vector& inverse_below, const std::vector<Index>& columns, Index k) {
+  RowVector r(k);
+  for (Index n = 0; n < k; ++n) {
+    const Index c = columns.empty() ? n : columns[static_cast<std::size_t>(n)];
+    Scalar smallest = std::numeric_limits<Scalar>::infinity();
+    for (Index u = 0; u < top.rows(); ++u) smallest = std::min(smallest, std::abs(top(u, c)) * inverse_top[u]);
+    if (below)
+      for (Index i = 0; i < below->rows(); ++i)
+        smallest = std::min(smallest, std::abs((*below)(i, c)) * inverse_below[i]);
+    r[n] = smallest;
+  }
+  return r;
+}
+
 }  // namespace
 
 TEST_CASE("sign table: the gradient's first product by table lookups equals the product", "[gemm]") {
@@ -256,8 +272,10 @@ TEST_CASE("sign table: the gradient's first product by table lookups equals the 
   };
   // Units: one, one group, a partial last group (37), the most a table takes (128); rows
   // one and several vectors. k = 134 candidates: a full block of 128 and a tail of 6 (not
-  // a multiple of the 4 summed together).
-  for (const Case c : {Case{w, 1}, Case{2 * w, 4}, Case{3 * w, 37}, Case{16 * w, 64}, Case{2 * w, 128}}) {
+  // a multiple of the 4 summed together); 2048 rows: the gate bits of 32 candidates a
+  // block (four blocks and a tail).
+  for (const Case c :
+       {Case{w, 1}, Case{2 * w, 4}, Case{3 * w, 37}, Case{16 * w, 64}, Case{2 * w, 128}, Case{2048, 5}}) {
     INFO("rows " << c.rows << ", units " << c.units << ", vector width " << w);
     const Matrix at = random_matrix(c.rows, c.units, rng);
     const RowVector weights = random_matrix(1, c.units, rng);
@@ -281,15 +299,33 @@ TEST_CASE("sign table: the gradient's first product by table lookups equals the 
 
     Matrix y(c.rows, k);
     table.multiply(top, columns.data(), d, &below, y);
-    CHECK(max_error(y, sign_product_reference(at, weights, top, columns, d, &below), c.units) < 1e-6);
+    const Matrix expected = sign_product_reference(at, weights, top, columns, d, &below);
+    CHECK(max_error(y, expected, c.units) < 1e-6);
     table.multiply(top, nullptr, d, nullptr, y);
     CHECK(max_error(y, sign_product_reference(at, weights, top, {}, d, nullptr), c.units) < 1e-6);
+
+    // With the smallest ratios: the same product, and each candidate's smallest
+    // |pre| * inverse exactly (the same products, a minimum in another order; NaN and the
+    // zeros above included), over top and below, or top alone.
+    const Vector inverse_top = random_matrix(c.units, 1, rng).cwiseAbs();
+    const Vector inverse_below = random_matrix(c.rows, 1, rng).cwiseAbs();
+    RowVector smallest(k);
+    detail::SignTable::SmallestRatio ratio{inverse_top.data(), inverse_below.data(), smallest.data()};
+    y.setZero();
+    table.multiply(top, columns.data(), d, &below, y, &ratio);
+    CHECK(max_error(y, expected, c.units) < 1e-6);
+    CHECK(smallest == smallest_ratio_reference(top, inverse_top, &below, inverse_below, columns, k));
+    table.multiply(top, nullptr, d, nullptr, y, &ratio);
+    CHECK(smallest == smallest_ratio_reference(top, inverse_top, nullptr, inverse_below, {}, k));
+    CHECK(smallest[1] == 0.0f);  // top(0, 1) = 0
   }
   // Shapes without a table: rows that are not whole vectors, too many units, no units.
   detail::SignTable table;
   table.build(random_matrix(w + 1, 8, rng), random_matrix(1, 8, rng));
   CHECK(table.empty());
   table.build(random_matrix(w, 129, rng), random_matrix(1, 129, rng));
+  CHECK(table.empty());
+  table.build(random_matrix(detail::SignTable::kMaxRows + w, 4, rng), random_matrix(1, 4, rng));
   CHECK(table.empty());
   CHECK(table.bytes() == 0);
 }
@@ -334,6 +370,17 @@ TEST_CASE("tower: the input gradient with and without the sign table", "[gemm]")
       CAPTURE(linear);
       CHECK(max_error(by_table, by_product, 128) < 1e-6);
       CHECK(by_product.cwiseAbs().maxCoeff() > 1e-3);
+      if (linear) {
+        // The certified radii found with the gradient (by the table pass, or after the
+        // product) are request_linear_radius()'s, bit for bit.
+        RowVector radius(k);
+        tower.request_linear_radius(ws, radius);
+        REQUIRE(ws.request.radius_valid);
+        CHECK(ws.request.radius.head(k) == radius);
+        tower.request_item_gradient(d, ws, by_table);  // tables on again
+        CHECK(ws.request.radius.head(k) == radius);
+        CHECK((radius.array() > 0).all());
+      }
     }
   }
   // An edited tower runs the product until commit_weights() rebuilds the table.

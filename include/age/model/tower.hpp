@@ -82,6 +82,7 @@ struct TowerRequestScratch {
   // cached point, and which candidates of the last moved pass were computed in full.
   Matrix unit_gradient;            // d logit / d items, item_dim x columns
   bool unit_gradient_valid = false;
+  bool radius_valid = false;       // radius holds the candidates' radii (found with the gradient)
   bool moved_linear = false;       // the last moved pass certified some candidates
   std::vector<Index> full_moves;   // ... and computed these in full (pre holds them, gathered)
   Matrix gathered;                 // item_dim x |full_moves|: their moves, then their gradients
@@ -387,6 +388,7 @@ class Tower {
     rq.kept.reserve(static_cast<std::size_t>(rq.columns));
     rq.moved_valid = false;
     rq.unit_gradient_valid = false;
+    rq.radius_valid = false;
     // Every scratch buffer sized now for N, whichever passes follow (which ones, and on how
     // many candidates, changes from request to request): none allocates afterwards.
     prepare(rq);
@@ -442,6 +444,7 @@ class Tower {
     rq.columns = k;
     rq.moved_valid = false;
     rq.unit_gradient_valid = false;
+    rq.radius_valid = false;
   }
 
   // Logits of the request's candidates under a dropout mask (1 or request_size() columns;
@@ -530,8 +533,12 @@ class Tower {
     auto ones = detail::scratch_head(rq.ones, k);
     ones.setOnes();
     auto unit = detail::scratch_cols(rq.unit_gradient, static_cast<Index>(item_dim_), k);
-    item_gradient(ws.pre, kept_columns(rq), ones, rq, unit);
+    // The candidates' radii too (the moved pass needs them), while the gradient reads the
+    // same pre-activations; they need the bounds of committed weights.
+    Eigen::Ref<RowVector> radius = detail::scratch_head(rq.radius, k);
+    item_gradient(ws.pre, kept_columns(rq), ones, rq, unit, weights_committed_ ? &radius : nullptr);
     rq.unit_gradient_valid = true;
+    rq.radius_valid = weights_committed_;
     d_items.noalias() = unit * d_logit.asDiagonal();
   }
 
@@ -559,7 +566,7 @@ class Tower {
     // radius stays in one linear piece of the network, where logit(h + dh) = logit(h) +
     // grad . dh exactly; the others get the pass in full, gathered.
     auto radius = detail::scratch_head(rq.radius, k);
-    linear_radius(ws, radius);
+    if (!rq.radius_valid) linear_radius(ws, radius);
     rq.full_moves.clear();
     for (Index n = 0; n < k; ++n) {
       if (d_items.col(n).norm() < radius[n])
@@ -789,8 +796,11 @@ class Tower {
   // The input gradient from the per-layer pre-activations `pre` of a no-dropout pass
   // (the cached one or a moved one): down from d_logit through each ReLU, then W_item^T.
   // Candidate n's column of `pre` is columns[n] (nullptr: n), see request_select.
+  // With `radius` (k; committed weights only), also each candidate's certified radius at
+  // that point (linear_radius), found by the table pass while it reads the top two
+  // layers' pre-activations.
   void item_gradient(const std::vector<Matrix>& pre, const Index* columns, Eigen::Ref<const RowVector> d_logit,
-                     TowerRequestScratch& rq, Eigen::Ref<Matrix> g) const {
+                     TowerRequestScratch& rq, Eigen::Ref<Matrix> g, Eigen::Ref<RowVector>* radius = nullptr) const {
     // k = d_logit.size(): the request's candidates, or the gathered ones of a moved pass.
     const Index k = d_logit.size();
     const Index di = static_cast<Index>(item_dim_);
@@ -801,20 +811,31 @@ class Tower {
     const std::size_t hidden = hidden_.size();
     if (hidden == 0) {
       for (Index n = 0; n < k; ++n) g.col(n) = d_logit[n] * w_item.row(0).transpose();
+      if (radius) radius->setConstant(std::numeric_limits<Scalar>::infinity());
       return;
     }
     const std::size_t top = hidden - 1;
     std::size_t l = top;
-    if (weights_committed_ && !sign_table_.empty()) {
+    const bool tabled = weights_committed_ && !sign_table_.empty();
+    if (tabled) {
       // The top layer's product by table lookups (age/model/sign_table.hpp): straight to
       // d(pre) of the layer below it, or to g for a tower of one hidden layer.
+      detail::SignTable::SmallestRatio ratio{inverse_move_bound_[top].data(),
+                                             top > 0 ? inverse_move_bound_[top - 1].data() : nullptr,
+                                             radius ? radius->data() : nullptr};
       if (top == 0) {
-        sign_table_.multiply(pre[0], columns, d_logit, nullptr, g);
-        return;
+        sign_table_.multiply(pre[0], columns, d_logit, nullptr, g, radius ? &ratio : nullptr);
+      } else {
+        auto below = detail::scratch_cols(rq.act[top - 1], weights_[top - 1].rows(), k);
+        sign_table_.multiply(pre[top], columns, d_logit, &pre[top - 1], below, radius ? &ratio : nullptr);
+        --l;
       }
-      auto below = detail::scratch_cols(rq.act[top - 1], weights_[top - 1].rows(), k);
-      sign_table_.multiply(pre[top], columns, d_logit, &pre[top - 1], below);
-      --l;
+      if (radius) {
+        // The layers under the top two, then the margin (linear_radius).
+        fold_smallest_ratios(pre, columns, 0, top > 0 ? top - 1 : 0, *radius);
+        *radius *= kRadiusMargin;
+      }
+      if (top == 0) return;
     } else {
       // d(pre) of the top hidden layer: w_out^T d_logit through its ReLU.
       const auto w_out = weights_[hidden].row(0);
@@ -828,6 +849,11 @@ class Tower {
       transposed_product(l, rq.act[l].leftCols(k), below, pre[l - 1], columns);
     }
     transposed_product(0, rq.act[0].leftCols(k), g);
+    if (radius && !tabled) {
+      radius->setConstant(std::numeric_limits<Scalar>::infinity());
+      fold_smallest_ratios(pre, columns, 0, hidden, *radius);
+      *radius *= kRadiusMargin;
+    }
   }
 
   // The pass at h + dh for m candidates into rq.pre's first m columns: pre0 + W_item dh,
@@ -856,19 +882,28 @@ class Tower {
     }
   }
 
-  // r per cached candidate (see set_linear_moves): min over hidden units of |pre| / bound.
+  // r per cached candidate (see set_linear_moves): min over hidden units of |pre| / bound,
+  // with a 1% margin for the rounding of pre and of the bounds.
+  static constexpr Scalar kRadiusMargin = Scalar(0.99);
   void linear_radius(const TowerWorkspace& ws, Eigen::Ref<RowVector> r) const {
+    r.setConstant(std::numeric_limits<Scalar>::infinity());
+    fold_smallest_ratios(ws.pre, kept_columns(ws.request), 0, hidden_.size(), r);
+    r *= kRadiusMargin;
+  }
+  // r[n] = min(r[n], |pre_l| / bound over the units of hidden layers first <= l < last) for
+  // the r.size() candidates, candidate n in column columns[n] (nullptr: n) of `pre`.
+  void fold_smallest_ratios(const std::vector<Matrix>& pre_of, const Index* columns, std::size_t first,
+                            std::size_t last, Eigen::Ref<RowVector> r) const {
     namespace kernel = detail::gemm_kernel;
-    const Index k = ws.request.columns;
-    constexpr Scalar inf = std::numeric_limits<Scalar>::infinity();
-    for (Index n = 0; n < k; ++n) {
-      const Index c = cached_column(ws.request, n);
-      kernel::Vec smallest = kernel::Vec{} + inf;
-      Scalar tail = inf;
-      for (std::size_t l = 0; l < hidden_.size(); ++l) {
-        const Scalar* pre = ws.pre[l].col(c).data();
+    if (first >= last) return;
+    for (Index n = 0; n < r.size(); ++n) {
+      const Index c = columns ? columns[n] : n;
+      kernel::Vec smallest = kernel::Vec{} + r[n];
+      Scalar tail = r[n];
+      for (std::size_t l = first; l < last; ++l) {
+        const Scalar* pre = pre_of[l].col(c).data();
         const Scalar* inv = inverse_move_bound_[l].data();
-        const Index h = ws.pre[l].rows();
+        const Index h = pre_of[l].rows();
         Index i = 0;
         for (; i + kernel::kWidth <= h; i += kernel::kWidth) {
           const kernel::Vec p = kernel::load(pre + i);
@@ -877,8 +912,7 @@ class Tower {
         }
         for (; i < h; ++i) tail = std::min(tail, std::abs(pre[i]) * inv[i]);
       }
-      // A 1% margin for the rounding of pre and of the bounds.
-      r[n] = std::min(tail, kernel::min_lanes(smallest)) * Scalar(0.99);
+      r[n] = std::min(tail, kernel::min_lanes(smallest));
     }
   }
 
