@@ -21,6 +21,7 @@
 #include "age/model/dropout.hpp"
 #include "age/model/embedding_model.hpp"
 #include "age/model/finite_difference.hpp"
+#include "age/model/sigmoid.hpp"
 #include "age/model/tower.hpp"
 #include "age/serve/model_holder.hpp"
 #include "age/train/loss.hpp"

@@ -9,12 +9,15 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
 
 #include "age/core/rng.hpp"
 #include "age/model/gemm.hpp"
+#include "age/model/sigmoid.hpp"
 #include "age/model/tower.hpp"
 #include "age/train/optimizer.hpp"
 
@@ -402,4 +405,56 @@ TEST_CASE("tower: the input gradient with and without the sign table", "[gemm]")
   tower.probability_gradient(user, items, nullptr, plain, prob, &reference);
   for (Index j = 0; j < 5; ++j) reference.col(j) /= prob[j] * (1 - prob[j]);
   CHECK(max_error(committed, reference, 128) < 1e-5);
+}
+
+namespace {
+
+// Distance in representable floats between two finite floats of the same sign.
+std::int64_t ulp_distance(float a, float b) {
+  std::int32_t ia = 0, ib = 0;
+  std::memcpy(&ia, &a, sizeof a);
+  std::memcpy(&ib, &b, sizeof b);
+  return std::abs(static_cast<std::int64_t>(ia) - static_cast<std::int64_t>(ib));
+}
+
+}  // namespace
+
+TEST_CASE("sigmoid: within 3 ulp of the exact value, one value and a whole row bit for bit alike", "[gemm]") {
+  const Index w = detail::gemm_kernel::kWidth;
+  INFO("vector width " << w);
+  // Every 1/256 over the range where exp(-|z|) is a normal float (measured: at most 2 ulp
+  // from the correctly rounded value at every width).
+  std::int64_t worst = 0;
+  for (int i = -87 * 256; i <= 87 * 256; ++i) {
+    const float z = static_cast<float>(i) / 256.0f;
+    const float exact = static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(z))));
+    worst = std::max(worst, ulp_distance(sigmoid(z), exact));
+  }
+  CHECK(worst <= 3);
+
+  // Limits: 0.5 at +-0, saturation, and e = exp(-|z|) taken as 0 below exp(-87.3).
+  constexpr float inf = std::numeric_limits<float>::infinity();
+  CHECK(sigmoid(0.0f) == 0.5f);
+  CHECK(sigmoid(-0.0f) == 0.5f);
+  CHECK(sigmoid(inf) == 1.0f);
+  CHECK(sigmoid(-inf) == 0.0f);
+  CHECK(sigmoid(100.0f) == 1.0f);
+  CHECK(sigmoid(-100.0f) == 0.0f);
+  CHECK(sigmoid(-87.0f) > 0.0f);
+  CHECK(std::isnan(sigmoid(std::numeric_limits<float>::quiet_NaN())));
+
+  // A row of three vectors and a tail: the same floats as one value at a time.
+  const Index n = 3 * w + 3;
+  RowVector z(n);
+  for (Index i = 0; i < n; ++i) z[i] = -30.0f + 61.0f * static_cast<float>(i) / static_cast<float>(n);
+  z[1] = inf;
+  z[2] = -inf;
+  z[n - 1] = std::numeric_limits<float>::quiet_NaN();
+  RowVector y = z;
+  sigmoid_in_place(y);
+  for (Index i = 0; i + 1 < n; ++i) {
+    CAPTURE(i, z[i]);
+    CHECK(y[i] == sigmoid(z[i]));
+  }
+  CHECK(std::isnan(y[n - 1]));
 }

@@ -112,7 +112,7 @@ class DguGate {
   void average_ctr(ConstMatrixRef items, Workspace& ws, Eigen::Ref<RowVector> out) const {
     validate();
     dgu_->logits(ws.no_user, items, nullptr, ws.tower, out);
-    for (Index i = 0; i < out.size(); ++i) out[i] = sigmoid(out[i]);
+    sigmoid_in_place(out);
   }
 
   template <CtrModel M>

@@ -237,7 +237,7 @@ template <RequestPassModel M>
 void request_moved_probabilities(const M& model, Index n, typename M::Workspace& model_ws, MoveWorkspace& ws,
                                  Eigen::Ref<RowVector> prob) {
   model.request_moved_logits(ws.d_items.leftCols(n), model_ws, prob);
-  for (Index i = 0; i < n; ++i) prob[i] = sigmoid(prob[i]);
+  sigmoid_in_place(prob);
 }
 
 // explore() of every policy that is defined by its move: move, then y_e = f(h + dh).

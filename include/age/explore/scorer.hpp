@@ -222,7 +222,7 @@ class AgeScorer : public CandidateLimit {
 
     // 1. y = f(h | theta), kept in ws.model for the passes below
     model.begin_request(request.user, request.items, ws.model, out.base);
-    for (Index i = 0; i < n; ++i) out.base[i] = sigmoid(out.base[i]);
+    sigmoid_in_place(out.base);
     // 2. delta_y
     Rng uncertainty_stream = uncertainty_rng(request.id);
     uncertainty_.compute_request(model, out.base, uncertainty_stream, ws.model, ws.uncertainty, out.delta);

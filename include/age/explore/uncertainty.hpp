@@ -27,6 +27,7 @@
 #include "age/core/types.hpp"
 #include "age/model/ctr_model.hpp"
 #include "age/model/dropout.hpp"
+#include "age/model/sigmoid.hpp"
 
 namespace age {
 
@@ -46,13 +47,6 @@ inline Index mask_columns(bool per_candidate, Index n) { return per_candidate ? 
 
 inline void check_positive_samples(std::size_t samples) {
   if (samples == 0) throw ConfigError("McDropoutUcb.samples: expected >= 1, got 0");
-}
-
-// 1 / (1 + exp(-z)) as one vectorised expression (exp saturates, so no NaN for large |z|);
-// agrees with age::sigmoid to float rounding. For the many MC-Dropout samples.
-template <class A>
-auto vector_sigmoid(const A& z) {
-  return (Scalar(1) + (-z).exp()).inverse();
 }
 }  // namespace detail
 
@@ -85,7 +79,8 @@ struct McDropoutTs {
                        Workspace<M>& ws, Eigen::Ref<RowVector> delta) const {
     model.sample_mask(rate, detail::mask_columns(per_candidate_masks, base.size()), rng, ws.mask);
     model.request_logits(&ws.mask, model_ws, delta);
-    delta.array() = detail::vector_sigmoid(delta.array()) - base.array();
+    sigmoid_in_place(delta);
+    delta -= base;
   }
 };
 
@@ -138,7 +133,8 @@ struct McDropoutUcb {
     for (std::size_t s = 0; s < samples; ++s) {
       model.sample_mask(rate, columns, rng, ws.mask);
       model.request_logits(&ws.mask, model_ws, sample);
-      delta.array() += (detail::vector_sigmoid(sample.array()) - base.array()).square();
+      sigmoid_in_place(sample);
+      delta.array() += (sample - base).array().square();
     }
     delta /= static_cast<Scalar>(samples);
     if (sqrt) delta = delta.cwiseSqrt();

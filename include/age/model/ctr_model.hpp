@@ -16,6 +16,7 @@
 
 #include "age/core/rng.hpp"
 #include "age/core/types.hpp"
+#include "age/model/sigmoid.hpp"
 #include "age/model/tower.hpp"
 
 namespace age {
@@ -78,7 +79,7 @@ template <CtrModel M>
 void predict_probabilities(const M& model, ConstMatrixRef user, ConstMatrixRef items,
                            const typename M::Mask* mask, typename M::Workspace& ws, Eigen::Ref<RowVector> prob) {
   model.logits(user, items, mask, ws, prob);
-  for (Index i = 0; i < prob.size(); ++i) prob[i] = sigmoid(prob[i]);
+  sigmoid_in_place(prob);
 }
 
 }  // namespace age

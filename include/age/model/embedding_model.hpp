@@ -65,7 +65,7 @@ class EmbeddingCtrModel {
                Eigen::Ref<RowVector> prob) const {
     embed_request(user, items, ws.user, ws.items);
     tower_.logits(ws.user, ws.items, nullptr, ws.tower, prob);
-    for (Index i = 0; i < prob.size(); ++i) prob[i] = sigmoid(prob[i]);
+    sigmoid_in_place(prob);
   }
 
   // --- Embedding-level passes (what the explorers call) -------------------------------

@@ -121,7 +121,7 @@ class FiniteDifferenceModel {
     const Index n = items.cols();
     detail::require_dim("probability output length", static_cast<std::size_t>(n), static_cast<std::size_t>(prob.size()));
     logits(user, items, mask, ws, prob);
-    for (Index i = 0; i < n; ++i) prob[i] = sigmoid(prob[i]);
+    sigmoid_in_place(prob);
     ws.plus.resize(n);
     ws.minus.resize(n);
     const Scalar s = static_cast<Scalar>(step_);

@@ -46,16 +46,10 @@
 #include "age/core/types.hpp"
 #include "age/model/dropout.hpp"
 #include "age/model/gemm.hpp"
+#include "age/model/sigmoid.hpp"
 #include "age/model/sign_table.hpp"
 
 namespace age {
-
-inline Scalar sigmoid(Scalar z) noexcept {
-  // Evaluated on the side that cannot overflow exp().
-  if (z >= 0) return Scalar(1) / (Scalar(1) + std::exp(-z));
-  const Scalar e = std::exp(z);
-  return e / (Scalar(1) + e);
-}
 
 // Gradients of a loss with respect to every tower parameter, shaped like the parameters.
 struct TowerGradients {
