@@ -28,9 +28,11 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <utility>
 
 #if defined(__SSE2__)
 #include <immintrin.h>
@@ -156,13 +158,19 @@ class SignTable {
         Index c = 0;
         for (; c + lanes <= m; c += lanes) {
           kernel::Vec acc[lanes] = {};
-          // A group's entry is read from the pattern in a register (shift and mask): the
-          // loads are what bounds this loop, so no offsets are loaded from memory.
+          // A group's entry is read from the pattern in a register (shift and mask): no
+          // offsets are loaded from memory, as loads and address arithmetic bound this loop.
           for (int w = 0; w * kGroupsPerWord < groups_; ++w) {
             std::uint64_t bits[lanes];
             for (int q = 0; q < lanes; ++q) bits[q] = patterns[static_cast<std::size_t>(c + q)][w];
             const Scalar* group = slice + w * kGroupsPerWord * kEntries * width;
             const int end = std::min(kGroupsPerWord, groups_ - w * kGroupsPerWord);
+            if (end == kGroupsPerWord) {
+              // A whole word, unrolled: each group's shift is a constant, so its entry's
+              // byte offset is one shift and one mask.
+              add_word(acc, bits, group, std::make_integer_sequence<int, kGroupsPerWord>{});
+              continue;
+            }
             for (int g = 0; g < end; ++g, group += kEntries * width)
               for (int q = 0; q < lanes; ++q) acc[q] += kernel::load(group + entry_of(bits[q], g) * width);
           }
@@ -187,6 +195,29 @@ class SignTable {
 
   static Index column(const Index* columns, Index n) noexcept { return columns ? columns[n] : n; }
   // The entry of group g of a pattern word: its 4 bits.
+  // acc[q] += the entries of the groups G... of pattern word bits[q], `group` at group 0.
+  template <int Lanes, int... G>
+  static void add_word(gemm_kernel::Vec (&acc)[Lanes], const std::uint64_t (&bits)[Lanes], const Scalar* group,
+                       std::integer_sequence<int, G...>) noexcept {
+    (add_group<G>(acc, bits, group + G * kEntries * gemm_kernel::kWidth), ...);
+  }
+  template <int G, int Lanes>
+  static void add_group(gemm_kernel::Vec (&acc)[Lanes], const std::uint64_t (&bits)[Lanes],
+                        const Scalar* group) noexcept {
+    constexpr int kEntryBytesLog2 = std::countr_zero(static_cast<unsigned>(gemm_kernel::kWidth * sizeof(Scalar)));
+    constexpr int shift = kGroupBits * G - kEntryBytesLog2;  // the group's bits to the entry's byte offset
+    constexpr std::uint64_t mask = std::uint64_t{kEntries - 1} << kEntryBytesLog2;
+    const char* base = reinterpret_cast<const char*>(group);
+    for (int q = 0; q < Lanes; ++q) {
+      std::uint64_t offset;
+      if constexpr (shift >= 0)
+        offset = (bits[q] >> shift) & mask;
+      else
+        offset = (bits[q] << -shift) & mask;
+      acc[q] += gemm_kernel::load(reinterpret_cast<const Scalar*>(base + offset));
+    }
+  }
+
   static Index entry_of(std::uint64_t word, int g) noexcept {
     return static_cast<Index>((word >> (kGroupBits * g)) & (kEntries - 1));
   }
