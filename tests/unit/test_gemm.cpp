@@ -322,7 +322,7 @@ TEST_CASE("sign table: the gradient's first product by table lookups equals the 
     CHECK(smallest == smallest_ratio_reference(top, inverse_top, nullptr, inverse_below, {}, k));
     CHECK(smallest[1] == 0.0f);  // top(0, 1) = 0
   }
-  // Shapes without a table: rows that are not whole vectors, too many units, no units.
+  // Shapes without a table: rows that are not whole vectors, too many units, too many rows.
   detail::SignTable table;
   table.build(random_matrix(w + 1, 8, rng), random_matrix(1, 8, rng));
   CHECK(table.empty());
@@ -423,7 +423,7 @@ TEST_CASE("sigmoid: within 3 ulp of the exact value, one value and a whole row b
   const Index w = detail::gemm_kernel::kWidth;
   INFO("vector width " << w);
   // Every 1/256 over the range where exp(-|z|) is a normal float (measured: at most 2 ulp
-  // from the correctly rounded value at every width).
+  // from the correctly rounded value with 4- and 16-float vectors).
   std::int64_t worst = 0;
   for (int i = -87 * 256; i <= 87 * 256; ++i) {
     const float z = static_cast<float>(i) / 256.0f;

@@ -194,7 +194,6 @@ class SignTable {
   using Pattern = std::array<std::uint64_t, kMaxUnits / 64>;
 
   static Index column(const Index* columns, Index n) noexcept { return columns ? columns[n] : n; }
-  // The entry of group g of a pattern word: its 4 bits.
   // acc[q] += the entries of the groups G... of pattern word bits[q], `group` at group 0.
   template <int Lanes, int... G>
   static void add_word(gemm_kernel::Vec (&acc)[Lanes], const std::uint64_t (&bits)[Lanes], const Scalar* group,
@@ -218,6 +217,7 @@ class SignTable {
     }
   }
 
+  // The entry of group g of a pattern word: its 4 bits.
   static Index entry_of(std::uint64_t word, int g) noexcept {
     return static_cast<Index>((word >> (kGroupBits * g)) & (kEntries - 1));
   }
