@@ -327,6 +327,83 @@ TEST_CASE("certified linear moves: the radius keeps every ReLU, and the scores e
   CHECK(in_full > 20);
 }
 
+TEST_CASE("the one-pass normalised move equals the gradient, the move and the moved pass", "[request]") {
+  // request_normalized_move_logits (FGM's explored logits) against its three steps, for
+  // moves from tiny (all certified) to large (all in full), on every shape, after a
+  // request_select, with a zero d_logit (no move), a zero length and negative lengths.
+  int certified = 0, in_full = 0;
+  for (const Shape& shape : shapes()) {
+    INFO(describe(shape));
+    Rng rng(97 + shape.hidden.size());
+    Tower tower(shape.user_dim, shape.item_dim, shape.hidden);
+    tower.initialize(rng);
+    const Index n = 40, di = static_cast<Index>(shape.item_dim);
+    const Matrix user = random_matrix(static_cast<Index>(shape.user_dim), 1, rng);
+    const Matrix items = random_matrix(di, n, rng);
+    std::vector<Index> keep;
+    for (Index i = 0; i < n; i += 2) keep.push_back(i + (i % 3 == 0));
+    const Index k = static_cast<Index>(keep.size());
+    for (Scalar scale : {Scalar(1e-4), Scalar(1e-2), Scalar(0.5), Scalar(3)}) {
+      INFO("move length scale " << scale);
+      TowerWorkspace ws, steps;
+      RowVector z(n), z_steps(n), one_pass(k), expected(k), radius(k);
+      tower.begin_request(user, items, ws, z);
+      tower.begin_request(user, items, steps, z_steps);
+      tower.request_select(keep, ws);
+      tower.request_select(keep, steps);
+      RowVector d_logit = probabilities_of(z_steps.head(k)), length(k);
+      for (Index j = 0; j < k; ++j) {
+        d_logit[j] *= 1 - d_logit[j];
+        length[j] = scale * static_cast<Scalar>(rng.normal());
+      }
+      d_logit[1] = 0;  // a zero gradient: no move
+      length[2] = 0;
+
+      REQUIRE(tower.request_normalized_move_logits(d_logit, length, ws, one_pass));
+      Matrix g(di, k);
+      tower.request_item_gradient(d_logit, steps, g);
+      tower.request_linear_radius(steps, radius);
+      Matrix move = Matrix::Zero(di, k);
+      for (Index j = 0; j < k; ++j) {
+        const double norm = static_cast<double>(g.col(j).norm());
+        if (norm > 0) move.col(j) = g.col(j) * static_cast<Scalar>(length[j] / norm);
+        (std::abs(length[j]) < radius[j] ? certified : in_full) += norm > 0;
+      }
+      tower.request_moved_logits(move, steps, expected);
+      CHECK(max_rel_diff(one_pass, expected) < 2e-6f);
+      CHECK(one_pass[1] == z_steps[keep[1]]);
+      CHECK(one_pass[2] == z_steps[keep[2]]);
+
+      // The pass it leaves behind: the gradient at h + dh as request_moved_logits' is.
+      Matrix g_one(di, k), g_steps(di, k);
+      tower.request_moved_item_gradient(d_logit, ws, g_one);
+      tower.request_moved_item_gradient(d_logit, steps, g_steps);
+      CHECK(max_rel_diff(g_one, g_steps) < 1e-5f);
+    }
+  }
+  CHECK(certified > 100);
+  CHECK(in_full > 100);
+
+  // Without certified moves it computes nothing and says so.
+  Rng rng(98);
+  Tower tower(4, 6, {16, 8});
+  tower.initialize(rng);
+  const Matrix user = random_matrix(4, 1, rng), items = random_matrix(6, 5, rng);
+  TowerWorkspace ws;
+  RowVector z(5), out = RowVector::Constant(5, 7.0f);
+  const RowVector ones = RowVector::Ones(5);
+  tower.begin_request(user, items, ws, z);
+  tower.set_linear_moves(false);
+  CHECK_FALSE(tower.request_normalized_move_logits(ones, ones, ws, out));
+  tower.set_linear_moves(true);
+  tower.weight(1)(2, 3) += 0.25f;  // edited, not committed
+  CHECK_FALSE(tower.request_normalized_move_logits(ones, ones, ws, out));
+  CHECK(out == RowVector::Constant(5, 7.0f));
+  tower.commit_weights();
+  CHECK(tower.request_normalized_move_logits(ones, ones, ws, out));
+  CHECK_THROWS_AS(tower.request_normalized_move_logits(RowVector::Ones(4), ones, ws, out), DimensionError);
+}
+
 TEST_CASE("certified linear moves: an edited, uncommitted tower runs the full passes", "[request]") {
   Rng rng(93);
   Tower tower(4, 6, {16, 8});

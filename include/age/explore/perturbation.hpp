@@ -19,7 +19,9 @@
 // cached pass and h + dh costs pre0 + W_item dh, no full forward. The AGE scorer uses it when
 // request_ready() (the library's policies: when only the item part moves). Same random
 // draws, same values up to float rounding; the buffers of ws only grow, and only their
-// first N columns are meaningful afterwards.
+// first N columns are meaningful afterwards (Fgm's may leave no move in ws.d_items: with
+// a model that has request_normalized_move_logits(), e.g. Tower, a certified move is
+// scored from the gradient's norm alone).
 //
 // lambda' (`lambda`) is in the units of the embeddings h. The default 1e-3 is the paper's
 // offline value for ITS model; the right value depends on the scale of your embeddings
@@ -61,6 +63,7 @@ struct MoveWorkspace {
   Matrix moved_items, moved_user;
   RowVector radius, prob;
   RowVector d_logit;  // request passes: dy/dz = y (1 - y)
+  RowVector length;   // request passes: FGM's signed move lengths lambda' delta_y
 };
 
 namespace detail {
@@ -213,6 +216,7 @@ inline void reserve_request_move(Index n, Index item_dim, MoveWorkspace& ws) {
   scratch_head(ws.radius, n);
   scratch_head(ws.prob, n);
   scratch_head(ws.d_logit, n);
+  scratch_head(ws.length, n);
   scratch_cols(ws.d_items, item_dim, n);
   scratch_cols(ws.g_items, item_dim, n);
 }
@@ -299,6 +303,19 @@ struct Fgm {
     if (!detail::start_request_move(lambda, di, delta, ws, false)) {
       explored = base;
       return;
+    }
+    if constexpr (requires { model.request_normalized_move_logits(base, base, model_ws, explored); }) {
+      // The model's one-pass form (Tower: certified linear moves), when it has one.
+      auto d_logit = detail::scratch_head(ws.d_logit, n);
+      auto length = detail::scratch_head(ws.length, n);
+      for (Index i = 0; i < n; ++i) {
+        d_logit[i] = base[i] * (Scalar(1) - base[i]);
+        length[i] = delta[i] < 0 ? -ws.radius[i] : ws.radius[i];
+      }
+      if (model.request_normalized_move_logits(d_logit, length, model_ws, explored)) {
+        sigmoid_in_place(explored);
+        return;
+      }
     }
     detail::request_gradient(model, false, di, base, model_ws, ws);
     for (Index i = 0; i < n; ++i) detail::set_fgm_move(false, delta, ws, i);

@@ -104,6 +104,10 @@ class EmbeddingCtrModel {
                                    Eigen::Ref<Matrix> d_items) const {
     tower_.request_moved_item_gradient(d_logit, ws, d_items);
   }
+  bool request_normalized_move_logits(Eigen::Ref<const RowVector> d_logit, Eigen::Ref<const RowVector> length,
+                                      TowerWorkspace& ws, Eigen::Ref<RowVector> out) const {
+    return tower_.request_normalized_move_logits(d_logit, length, ws, out);
+  }
 
  private:
   EmbeddingTables tables_;

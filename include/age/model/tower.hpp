@@ -22,7 +22,8 @@
 //     (also more precise than recomputing W_item (items + dh) when dh is tiny);
 //   - a move too short to change the sign of any hidden unit (a radius per candidate
 //     proves it) stays in one linear piece of the network: logit(h + dh) = logit(h) +
-//     grad . dh, no pass at all (set_linear_moves).
+//     grad . dh, no pass at all (set_linear_moves); for FGM's move along the normalised
+//     gradient that is logit(h) + length ||grad|| (request_normalized_move_logits).
 // The products run on the tower's own kernel (age/model/gemm.hpp), which also writes each
 // ReLU (and applies the gradient's ReLU gates) while a block is in registers; the input
 // gradient's on transposed weight copies that commit_weights() keeps.
@@ -574,6 +575,75 @@ class Tower {
     for (Index j = 0; j < m; ++j) moves.col(j) = d_items.col(rq.full_moves[static_cast<std::size_t>(j)]);
     moved_pass(moves, ws, m, rq.full_moves.data());
     for (Index j = 0; j < m; ++j) out[rq.full_moves[static_cast<std::size_t>(j)]] = rq.pre.back()(0, j);
+  }
+
+  // FGM on the request passes in one go: the logit of each request candidate n at
+  //   h + length[n] g_n / ||g_n||,   g_n = d_logit[n] d z_n / d items
+  // (no move where ||g_n|| is 0 or not finite), what request_item_gradient() with
+  // d_logit, the normalised move and request_moved_logits() give, up to float rounding.
+  // A certified move (|length[n]| < its radius, see set_linear_moves) stays in one linear
+  // piece, where the logit is z_n + length[n] ||d z_n / d items|| (d_logit > 0): one pass
+  // over each candidate's gradient instead of the gradient scaled, its norm, the move
+  // written, its norm and a dot product; the others get the moved pass in full. Returns
+  // false, computing nothing, without certified moves (set_linear_moves(false), or
+  // edited weights): then take those three steps. Leaves the pass as
+  // request_moved_logits() does.
+  bool request_normalized_move_logits(Eigen::Ref<const RowVector> d_logit, Eigen::Ref<const RowVector> length,
+                                      TowerWorkspace& ws, Eigen::Ref<RowVector> out) const {
+    namespace kernel = detail::gemm_kernel;
+    require_request(ws, "request_normalized_move_logits");
+    if (!linear_moves_ || !weights_committed_) return false;
+    TowerRequestScratch& rq = ws.request;
+    const Index k = rq.columns, di = static_cast<Index>(item_dim_);
+    detail::require_dim("request_normalized_move_logits: d_logit length", static_cast<std::size_t>(k),
+                        static_cast<std::size_t>(d_logit.size()));
+    detail::require_dim("request_normalized_move_logits: length length", static_cast<std::size_t>(k),
+                        static_cast<std::size_t>(length.size()));
+    detail::require_dim("request_normalized_move_logits: output length", static_cast<std::size_t>(k),
+                        static_cast<std::size_t>(out.size()));
+    prepare(rq);
+    auto ones = detail::scratch_head(rq.ones, k);
+    ones.setOnes();
+    auto unit = detail::scratch_cols(rq.unit_gradient, di, k);
+    Eigen::Ref<RowVector> radius = detail::scratch_head(rq.radius, k);
+    item_gradient(ws.pre, kept_columns(rq), ones, rq, unit, &radius);
+    rq.unit_gradient_valid = true;
+    rq.radius_valid = true;
+    rq.moved_valid = true;
+    rq.moved_linear = true;
+    rq.full_moves.clear();
+    detail::scratch_head(rq.gathered_logit, k);
+    for (Index n = 0; n < k; ++n) {
+      const Scalar* u = unit.col(n).data();
+      kernel::Vec sum{};
+      Index i = 0;
+      for (; i + kernel::kWidth <= di; i += kernel::kWidth) {
+        const kernel::Vec v = kernel::load(u + i);
+        sum += v * v;
+      }
+      Scalar squared = kernel::sum_lanes(sum);
+      for (; i < di; ++i) squared += u[i] * u[i];
+      const double unit_norm = std::sqrt(static_cast<double>(squared));
+      const double norm = static_cast<double>(d_logit[n]) * unit_norm;  // ||g_n||
+      if (!(std::isfinite(norm) && norm > 0.0)) {
+        out[n] = rq.logits[n];  // no move
+        continue;
+      }
+      if (std::abs(length[n]) < radius[n]) {
+        out[n] = rq.logits[n] + static_cast<Scalar>(static_cast<double>(length[n]) * unit_norm);
+        continue;
+      }
+      // The move in full: length[n] u / ||u||, gathered below.
+      rq.gathered_logit[static_cast<Index>(rq.full_moves.size())] = static_cast<Scalar>(length[n] / unit_norm);
+      rq.full_moves.push_back(n);
+    }
+    const Index m = static_cast<Index>(rq.full_moves.size());
+    if (m == 0) return true;
+    auto moves = detail::scratch_cols(rq.gathered, di, m);
+    for (Index j = 0; j < m; ++j) moves.col(j) = unit.col(rq.full_moves[static_cast<std::size_t>(j)]) * rq.gathered_logit[j];
+    moved_pass(moves, ws, m, rq.full_moves.data());
+    for (Index j = 0; j < m; ++j) out[rq.full_moves[static_cast<std::size_t>(j)]] = rq.pre.back()(0, j);
+    return true;
   }
 
   // Certified linear moves. A ReLU network is linear between two points where no hidden
