@@ -61,6 +61,12 @@ Matrix plain_logit_gradient(const Tower& tower, const Matrix& user, const Matrix
   return g;
 }
 
+Tower initialized_tower(const Shape& shape, Rng& rng) {
+  Tower tower(shape.user_dim, shape.item_dim, shape.hidden);
+  tower.initialize(rng);
+  return tower;
+}
+
 RowVector probabilities_of(const RowVector& z) {
   RowVector p(z.size());
   for (Index i = 0; i < z.size(); ++i) p[i] = sigmoid(z[i]);
@@ -268,8 +274,7 @@ TEST_CASE("certified linear moves: the radius keeps every ReLU, and the scores e
   for (const Shape& shape : shapes()) {
     INFO(describe(shape));
     Rng rng(91 + shape.hidden.size());
-    Tower tower(shape.user_dim, shape.item_dim, shape.hidden);
-    tower.initialize(rng);
+    Tower tower = initialized_tower(shape, rng);
     Tower full = tower;
     full.set_linear_moves(false);
     REQUIRE(tower.linear_moves());
@@ -335,8 +340,7 @@ TEST_CASE("the one-pass normalised move equals the gradient, the move and the mo
   for (const Shape& shape : shapes()) {
     INFO(describe(shape));
     Rng rng(97 + shape.hidden.size());
-    Tower tower(shape.user_dim, shape.item_dim, shape.hidden);
-    tower.initialize(rng);
+    const Tower tower = initialized_tower(shape, rng);
     const Index n = 40, di = static_cast<Index>(shape.item_dim);
     const Matrix user = random_matrix(static_cast<Index>(shape.user_dim), 1, rng);
     const Matrix items = random_matrix(di, n, rng);
