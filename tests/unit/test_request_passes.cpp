@@ -335,7 +335,8 @@ TEST_CASE("certified linear moves: the radius keeps every ReLU, and the scores e
 TEST_CASE("the one-pass normalised move equals the gradient, the move and the moved pass", "[request]") {
   // request_normalized_move_logits (FGM's explored logits) against its three steps, for
   // moves from tiny (all certified) to large (all in full), on every shape, after a
-  // request_select, with a zero d_logit (no move), a zero length and negative lengths.
+  // request_select, with a zero d_logit (no move), a negative one, a zero length and
+  // negative lengths.
   int certified = 0, in_full = 0;
   for (const Shape& shape : shapes()) {
     INFO(describe(shape));
@@ -362,6 +363,7 @@ TEST_CASE("the one-pass normalised move equals the gradient, the move and the mo
       }
       d_logit[1] = 0;  // a zero gradient: no move
       length[2] = 0;
+      d_logit[3] = -d_logit[3];  // the move follows g_n = d_logit[n] d z_n / d items
 
       REQUIRE(tower.request_normalized_move_logits(d_logit, length, ws, one_pass));
       Matrix g(di, k);

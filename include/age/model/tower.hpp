@@ -582,7 +582,8 @@ class Tower {
   // (no move where ||g_n|| is 0 or not finite), what request_item_gradient() with
   // d_logit, the normalised move and request_moved_logits() give, up to float rounding.
   // A certified move (|length[n]| < its radius, see set_linear_moves) stays in one linear
-  // piece, where the logit is z_n + length[n] ||d z_n / d items|| (d_logit > 0): one pass
+  // piece, where the logit is z_n +- length[n] ||d z_n / d items|| (the sign of d_logit[n];
+  // + for FGM's d_logit = y (1 - y)): one pass
   // over each candidate's gradient instead of the gradient scaled, its norm, the move
   // written, its norm and a dot product; the others get the moved pass in full. Returns
   // false, computing nothing, without certified moves (set_linear_moves(false), or
@@ -624,23 +625,26 @@ class Tower {
       Scalar squared = kernel::sum_lanes(sum);
       for (; i < di; ++i) squared += u[i] * u[i];
       const double unit_norm = std::sqrt(static_cast<double>(squared));
-      const double norm = static_cast<double>(d_logit[n]) * unit_norm;  // ||g_n||
+      const double norm = std::abs(static_cast<double>(d_logit[n])) * unit_norm;  // ||g_n||
       if (!(std::isfinite(norm) && norm > 0.0)) {
         out[n] = rq.logits[n];  // no move
         continue;
       }
+      // The move is step u / ||u|| (u = d z_n / d items): g_n's direction.
+      const double step = d_logit[n] < 0 ? -static_cast<double>(length[n]) : static_cast<double>(length[n]);
       if (std::abs(length[n]) < radius[n]) {
-        out[n] = rq.logits[n] + static_cast<Scalar>(static_cast<double>(length[n]) * unit_norm);
+        out[n] = rq.logits[n] + static_cast<Scalar>(step * unit_norm);
         continue;
       }
-      // The move in full: length[n] u / ||u||, gathered below.
-      rq.gathered_logit[static_cast<Index>(rq.full_moves.size())] = static_cast<Scalar>(length[n] / unit_norm);
+      // In full: the move's scale, gathered below.
+      rq.gathered_logit[static_cast<Index>(rq.full_moves.size())] = static_cast<Scalar>(step / unit_norm);
       rq.full_moves.push_back(n);
     }
     const Index m = static_cast<Index>(rq.full_moves.size());
     if (m == 0) return true;
     auto moves = detail::scratch_cols(rq.gathered, di, m);
-    for (Index j = 0; j < m; ++j) moves.col(j) = unit.col(rq.full_moves[static_cast<std::size_t>(j)]) * rq.gathered_logit[j];
+    for (Index j = 0; j < m; ++j)
+      moves.col(j) = unit.col(rq.full_moves[static_cast<std::size_t>(j)]) * rq.gathered_logit[j];
     moved_pass(moves, ws, m, rq.full_moves.data());
     for (Index j = 0; j < m; ++j) out[rq.full_moves[static_cast<std::size_t>(j)]] = rq.pre.back()(0, j);
     return true;
