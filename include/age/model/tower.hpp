@@ -68,8 +68,9 @@ struct TowerRequestScratch {
   std::vector<Matrix> pre;   // per layer: pre-activations of the last masked or moved pass
   std::vector<Matrix> act;   // per hidden layer: activations, then backward scratch
   std::vector<Index> changed;  // hidden-0 units whose mask value is not the common scale
-  std::vector<Scalar> changed_scale;         // per candidate: (m_j - s) a0_j of its active ones
-  std::vector<const Scalar*> changed_column;  // ... and their columns W1[:, j]
+  std::vector<const Scalar*> changed_column;  // ... their columns W1[:, j]
+  std::vector<Scalar> changed_factor;        // ... m_j - s
+  std::vector<Scalar> changed_scale;         // ... per candidate: (m_j - s) ReLU(a0_j)
   RowVector logits;          // the no-dropout logits of the request's candidates
   Vector output_weights;     // w_out with a shared mask of the top hidden layer folded in
   bool moved_valid = false;  // pre holds a moved pass (request_moved_item_gradient reads it)
@@ -470,10 +471,16 @@ class Tower {
     const bool sparse = changed_units(mask->layers[0], rq, s);
     if (sparse && fold_top && top == 1) {
       // The 2-hidden-layer tower: each candidate's logit in one go (rq.pre is not written).
+      // The changed units' columns and factors m_j - s are the same for every candidate.
+      rq.changed_column.clear();
+      rq.changed_factor.clear();
+      for (Index j : rq.changed) {
+        rq.changed_column.push_back(weights_[1].col(j).data());
+        rq.changed_factor.push_back(mask->layers[0](j, 0) - s);
+      }
+      rq.changed_scale.resize(rq.changed.size());  // within the reserved H0
       for (Index n = 0; n < k; ++n)
-        out[n] = shared_mask_logit(mask->layers[0], s, cached_column(rq, n),
-                                   n + 8 < k ? cached_column(rq, n + 8) : -1, ws) +
-                 b_out;
+        out[n] = shared_mask_logit(s, cached_column(rq, n), n + 8 < k ? cached_column(rq, n + 8) : -1, ws) + b_out;
       return;
     }
     if (sparse) {
@@ -780,8 +787,9 @@ class Tower {
     rq.act.resize(hidden_.size());
     if (!hidden_.empty()) {
       rq.changed.reserve(hidden_[0]);
-      rq.changed_scale.reserve(hidden_[0]);
       rq.changed_column.reserve(hidden_[0]);
+      rq.changed_factor.reserve(hidden_[0]);
+      rq.changed_scale.reserve(hidden_[0]);
     }
   }
 
@@ -820,42 +828,43 @@ class Tower {
   // the top layer's mask folded into rq.output_weights: sum_i w_i ReLU(pre1'_i) (without
   // the output bias), pre1' never stored. Vectorised over layer 1's units: this runs once
   // per candidate for every TS request, and Eigen's expression (a column, then a dot
-  // product) was ~5% of an AGE-TS request of 1000 candidates by perf.
+  // product) was ~5% of an AGE-TS request of 1000 candidates by perf. Branch-free: every
+  // changed unit is added, with the factor (m_j - s) a0_j, 0 where a0_j = ReLU(pre0_j) is 0
+  // (skipping those units, about half, mispredicted a branch per unit and candidate).
+  // rq.changed_column / changed_factor hold the changed units' columns W1[:, j] and m_j - s.
   // `ahead` (or -1): the column asked for a few calls later, prefetched.
-  Scalar shared_mask_logit(const Matrix& m0, Scalar s, Index n, Index ahead, TowerWorkspace& ws) const {
+  Scalar shared_mask_logit(Scalar s, Index n, Index ahead, TowerWorkspace& ws) const {
     namespace kernel = detail::gemm_kernel;
     TowerRequestScratch& rq = ws.request;
-    rq.changed_scale.clear();
-    rq.changed_column.clear();
     const Matrix& pre0 = ws.pre[0];
-    for (Index j : rq.changed) {
+    const std::size_t count = rq.changed.size();
+    Scalar* scale = rq.changed_scale.data();
+    for (std::size_t c = 0; c < count; ++c) {
+      const Index j = rq.changed[c];
       // pre0's rows are 4 * H0 bytes apart, a cache miss per changed unit and candidate:
       // fetched a few candidates ahead.
       if (ahead >= 0) __builtin_prefetch(&pre0(j, ahead));
       const Scalar a = pre0(j, n);
-      if (a > Scalar(0)) {
-        rq.changed_scale.push_back((m0(j, 0) - s) * a);
-        rq.changed_column.push_back(weights_[1].col(j).data());
-      }
+      scale[c] = rq.changed_factor[c] * (a > Scalar(0) ? a : Scalar(0));
     }
-    const std::size_t active = rq.changed_scale.size();
     const Index h1 = weights_[1].rows();
     const Scalar* p = ws.pre[1].col(n).data();
     const Scalar* b = biases_[1].data();
     const Scalar* w = rq.output_weights.data();
+    const Scalar* const* column = rq.changed_column.data();
     const Scalar t = Scalar(1) - s;
     kernel::Vec sum{};
     Index i = 0;
     for (; i + kernel::kWidth <= h1; i += kernel::kWidth) {
       kernel::Vec v = kernel::load(p + i) * s + kernel::load(b + i) * t;
-      for (std::size_t c = 0; c < active; ++c) v += kernel::load(rq.changed_column[c] + i) * rq.changed_scale[c];
+      for (std::size_t c = 0; c < count; ++c) v += kernel::load(column[c] + i) * scale[c];
       v = v < kernel::Vec{} ? kernel::Vec{} : v;
       sum += kernel::load(w + i) * v;
     }
     Scalar logit = kernel::sum_lanes(sum);
     for (; i < h1; ++i) {
       Scalar v = p[i] * s + b[i] * t;
-      for (std::size_t c = 0; c < active; ++c) v += rq.changed_column[c][i] * rq.changed_scale[c];
+      for (std::size_t c = 0; c < count; ++c) v += column[c][i] * scale[c];
       logit += w[i] * (v < Scalar(0) ? Scalar(0) : v);
     }
     return logit;
