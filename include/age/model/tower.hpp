@@ -532,16 +532,8 @@ class Tower {
                         static_cast<std::size_t>(d_logit.size()));
     detail::require_dim("request_item_gradient: output columns (candidates)", static_cast<std::size_t>(k),
                         static_cast<std::size_t>(d_items.cols()));
-    auto ones = detail::scratch_head(rq.ones, k);
-    ones.setOnes();
-    auto unit = detail::scratch_cols(rq.unit_gradient, static_cast<Index>(item_dim_), k);
-    // The candidates' radii too (the moved pass needs them), while the gradient reads the
-    // same pre-activations; they need the bounds of committed weights.
-    Eigen::Ref<RowVector> radius = detail::scratch_head(rq.radius, k);
-    item_gradient(ws.pre, kept_columns(rq), ones, rq, unit, weights_committed_ ? &radius : nullptr);
-    rq.unit_gradient_valid = true;
-    rq.radius_valid = weights_committed_;
-    d_items.noalias() = unit * d_logit.asDiagonal();
+    unit_gradient_and_radius(ws);
+    d_items.noalias() = rq.unit_gradient.leftCols(k) * d_logit.asDiagonal();
   }
 
   // Logits at h + dh with only the item part moved (d_items: item_dim x k), from the
@@ -610,13 +602,9 @@ class Tower {
     detail::require_dim("request_normalized_move_logits: output length", static_cast<std::size_t>(k),
                         static_cast<std::size_t>(out.size()));
     prepare(rq);
-    auto ones = detail::scratch_head(rq.ones, k);
-    ones.setOnes();
-    auto unit = detail::scratch_cols(rq.unit_gradient, di, k);
-    Eigen::Ref<RowVector> radius = detail::scratch_head(rq.radius, k);
-    item_gradient(ws.pre, kept_columns(rq), ones, rq, unit, &radius);
-    rq.unit_gradient_valid = true;
-    rq.radius_valid = true;
+    unit_gradient_and_radius(ws);
+    const auto unit = rq.unit_gradient.leftCols(k);
+    const auto radius = rq.radius.head(k);
     rq.moved_valid = true;
     rq.moved_linear = true;
     rq.full_moves.clear();
@@ -868,6 +856,21 @@ class Tower {
       logit += w[i] * (v < Scalar(0) ? Scalar(0) : v);
     }
     return logit;
+  }
+
+  // d logit / d items of the request's k candidates into rq.unit_gradient (item_dim x k),
+  // what certified linear moves scale, with their radii into rq.radius while the gradient
+  // reads the same pre-activations (they need the bounds of committed weights).
+  void unit_gradient_and_radius(TowerWorkspace& ws) const {
+    TowerRequestScratch& rq = ws.request;
+    const Index k = rq.columns;
+    auto ones = detail::scratch_head(rq.ones, k);
+    ones.setOnes();
+    auto unit = detail::scratch_cols(rq.unit_gradient, static_cast<Index>(item_dim_), k);
+    Eigen::Ref<RowVector> radius = detail::scratch_head(rq.radius, k);
+    item_gradient(ws.pre, kept_columns(rq), ones, rq, unit, weights_committed_ ? &radius : nullptr);
+    rq.unit_gradient_valid = true;
+    rq.radius_valid = weights_committed_;
   }
 
   // The input gradient from the per-layer pre-activations `pre` of a no-dropout pass
