@@ -195,13 +195,16 @@ class SignTable {
 
   static Index column(const Index* columns, Index n) noexcept { return columns ? columns[n] : n; }
   // acc[q] += the entries of the groups G... of pattern word bits[q], `group` at group 0.
+  // Inlined whatever the caller's inlining budget: out of line, the accumulators go
+  // through memory (the table pass ran 1.6-2x slower in a build where GCC made add_word
+  // a call).
   template <int Lanes, int... G>
-  static void add_word(gemm_kernel::Vec (&acc)[Lanes], const std::uint64_t (&bits)[Lanes], const Scalar* group,
+  AGE_KERNEL_INLINE static void add_word(gemm_kernel::Vec (&acc)[Lanes], const std::uint64_t (&bits)[Lanes], const Scalar* group,
                        std::integer_sequence<int, G...>) noexcept {
     (add_group<G>(acc, bits, group + G * kEntries * gemm_kernel::kWidth), ...);
   }
   template <int G, int Lanes>
-  static void add_group(gemm_kernel::Vec (&acc)[Lanes], const std::uint64_t (&bits)[Lanes],
+  AGE_KERNEL_INLINE static void add_group(gemm_kernel::Vec (&acc)[Lanes], const std::uint64_t (&bits)[Lanes],
                         const Scalar* group) noexcept {
     constexpr int kEntryBytesLog2 = std::countr_zero(static_cast<unsigned>(gemm_kernel::kWidth * sizeof(Scalar)));
     constexpr int shift = kGroupBits * G - kEntryBytesLog2;  // the group's bits to the entry's byte offset
