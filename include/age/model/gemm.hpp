@@ -93,7 +93,9 @@ inline float min_lanes(Vec v) noexcept {
 
 // |v| by clearing the sign bits.
 typedef int IntVec __attribute__((vector_size(kWidth * sizeof(int))));
-AGE_KERNEL_INLINE Vec abs_lanes(Vec v) noexcept { return reinterpret_cast<Vec>(reinterpret_cast<IntVec>(v) & 0x7fffffff); }
+AGE_KERNEL_INLINE Vec abs_lanes(Vec v) noexcept {
+  return reinterpret_cast<Vec>(reinterpret_cast<IntVec>(v) & 0x7fffffff);
+}
 
 // How the output starts: from zero, from its own values (Y += A X), or from one column
 // c repeated for every candidate (Y = c 1^T + A X: a bias, or a shared user part).
@@ -127,7 +129,9 @@ struct Finish {
     return f;
   }
   // Offset of column c, row r of R or S in this block.
-  AGE_KERNEL_INLINE long offset(int c, long r) const noexcept { return (sign_columns ? sign_columns[c] : c) * ld + r; }
+  AGE_KERNEL_INLINE long offset(int c, long r) const noexcept {
+    return (sign_columns ? sign_columns[c] : c) * ld + r;
+  }
 };
 
 AGE_KERNEL_INLINE Vec finish_vector(Vec v, const Finish& f, int c, long r) noexcept {

@@ -199,13 +199,13 @@ class SignTable {
   // through memory (the table pass ran 1.6-2x slower in a build where GCC made add_word
   // a call).
   template <int Lanes, int... G>
-  AGE_KERNEL_INLINE static void add_word(gemm_kernel::Vec (&acc)[Lanes], const std::uint64_t (&bits)[Lanes], const Scalar* group,
-                       std::integer_sequence<int, G...>) noexcept {
+  AGE_KERNEL_INLINE static void add_word(gemm_kernel::Vec (&acc)[Lanes], const std::uint64_t (&bits)[Lanes],
+                                         const Scalar* group, std::integer_sequence<int, G...>) noexcept {
     (add_group<G>(acc, bits, group + G * kEntries * gemm_kernel::kWidth), ...);
   }
   template <int G, int Lanes>
   AGE_KERNEL_INLINE static void add_group(gemm_kernel::Vec (&acc)[Lanes], const std::uint64_t (&bits)[Lanes],
-                        const Scalar* group) noexcept {
+                                          const Scalar* group) noexcept {
     constexpr int kEntryBytesLog2 = std::countr_zero(static_cast<unsigned>(gemm_kernel::kWidth * sizeof(Scalar)));
     constexpr int shift = kGroupBits * G - kEntryBytesLog2;  // the group's bits to the entry's byte offset
     constexpr std::uint64_t mask = std::uint64_t{kEntries - 1} << kEntryBytesLog2;
