@@ -471,20 +471,13 @@ class Tower {
     const bool sparse = changed_units(mask->layers[0], rq, s);
     if (sparse && fold_top && top == 1) {
       // The 2-hidden-layer tower: each candidate's logit in one go (rq.pre is not written).
-      // The changed units' columns and factors m_j - s are the same for every candidate.
-      rq.changed_column.clear();
-      rq.changed_factor.clear();
-      for (Index j : rq.changed) {
-        rq.changed_column.push_back(weights_[1].col(j).data());
-        rq.changed_factor.push_back(mask->layers[0](j, 0) - s);
-      }
       rq.changed_scale.resize(rq.changed.size());  // within the reserved H0
       for (Index n = 0; n < k; ++n)
         out[n] = shared_mask_logit(s, cached_column(rq, n), n + 8 < k ? cached_column(rq, n + 8) : -1, ws) + b_out;
       return;
     }
     if (sparse) {
-      for (Index n = 0; n < k; ++n) sparse_column(mask->layers[0], s, cached_column(rq, n), ws, p1.col(n));
+      for (Index n = 0; n < k; ++n) sparse_column(s, cached_column(rq, n), ws, p1.col(n));
     } else {
       auto a = detail::scratch_cols(rq.act[0], weights_[0].rows(), k);
       for (Index n = 0; n < k; ++n) a.col(n) = ws.pre[0].col(cached_column(rq, n)).cwiseMax(Scalar(0));
@@ -786,29 +779,34 @@ class Tower {
   // where m_j != s,
   //   W1 (m .* a0) + b1 = s pre1 + (1 - s) b1 + sum_{j in J} (m_j - s) W1[:, j] a0[j, :]
   // Used when m is shared (one column) and |J| <= H0 / 4 (p = 0.01: ~2.6 of 256 units).
-  // changed_units() finds s and J (false: use the dense product); sparse_column() writes
-  // candidate n's column.
+  // changed_units() finds s and J (false: use the dense product) with each changed unit's
+  // column W1[:, j] and factor m_j - s, the same for every candidate; sparse_column()
+  // writes candidate n's column.
   bool changed_units(const Matrix& m0, TowerRequestScratch& rq, Scalar& s) const {
     if (m0.cols() != 1) return false;
     const auto m = m0.col(0);
     const Index h0 = m.size();
     s = m.maxCoeff();
     rq.changed.clear();
+    rq.changed_column.clear();
+    rq.changed_factor.clear();
     for (Index j = 0; j < h0; ++j) {
       if (m[j] == s) continue;
       if (static_cast<Index>(rq.changed.size()) * 4 >= h0) return false;
       rq.changed.push_back(j);
+      rq.changed_column.push_back(weights_[1].col(j).data());
+      rq.changed_factor.push_back(m[j] - s);
     }
     return true;
   }
   template <class Col>
-  void sparse_column(const Matrix& m0, Scalar s, Index n, const TowerWorkspace& ws, Col&& col) const {
+  void sparse_column(Scalar s, Index n, const TowerWorkspace& ws, Col&& col) const {
+    const TowerRequestScratch& rq = ws.request;
     const Matrix& pre0 = ws.pre[0];
-    const Matrix& w1 = weights_[1];
     col = s * ws.pre[1].col(n) + (Scalar(1) - s) * biases_[1];
-    for (Index j : ws.request.changed) {
-      const Scalar a = pre0(j, n);
-      if (a > Scalar(0)) col += ((m0(j, 0) - s) * a) * w1.col(j);
+    for (std::size_t c = 0; c < rq.changed.size(); ++c) {
+      const Scalar a = pre0(rq.changed[c], n);
+      if (a > Scalar(0)) col += (rq.changed_factor[c] * a) * weights_[1].col(rq.changed[c]);
     }
   }
 
