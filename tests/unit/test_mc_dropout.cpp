@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "age/explore/uncertainty.hpp"
+#include "age/model/sigmoid.hpp"
 #include "age/model/tower.hpp"
 
 using namespace age;
@@ -119,6 +120,41 @@ TEST_CASE("TS: a shared mask is one draw for the whole request, per-candidate ma
     second += binomial_pmf(10, k, 0.9) * d * d;
   }
   CHECK(std::abs(mean - exact) < 4.0 * std::sqrt((second - exact * exact) / requests));
+}
+
+TEST_CASE("TS in two halves: the same mask draws and deltas as compute_request", "[mc-dropout]") {
+  // sample_request_mask() + begin_request(..., mask, ...) + delta_from_masked_logits(), the
+  // AGE scorer's one-pass form, against compute_request() on a request started plainly:
+  // the same draws from the request's stream (the next draw agrees too) and the same
+  // delta_y up to float rounding, shared and per-candidate masks.
+  Rng init(17);
+  Tower tower(5, 7, {48, 32});
+  tower.initialize(init);
+  const Index n = 11;
+  const Matrix user = Matrix::Random(5, 1), items = Matrix::Random(7, n);
+  for (bool per_candidate : {false, true}) {
+    INFO("per-candidate masks " << per_candidate);
+    const McDropoutTs ts{.rate = 0.05, .per_candidate_masks = per_candidate};
+    TowerWorkspace ws_split, ws_whole;
+    McDropoutTs::Workspace<Tower> u_split, u_whole;
+    RowVector base_split(n), base_whole(n), delta_split(n), delta_whole(n);
+    for (std::uint64_t request = 0; request < 20; ++request) {
+      Rng split(3, request), whole(3, request);
+      const DropoutMask& mask = ts.sample_request_mask(tower, n, split, u_split);
+      tower.begin_request(user, items, ws_split, base_split, &mask, delta_split);
+      sigmoid_in_place(base_split);
+      ts.delta_from_masked_logits(base_split, delta_split);
+
+      tower.begin_request(user, items, ws_whole, base_whole);
+      sigmoid_in_place(base_whole);
+      ts.compute_request(tower, base_whole, whole, ws_whole, u_whole, delta_whole);
+
+      CHECK(base_split == base_whole);
+      CHECK((delta_split - delta_whole).cwiseAbs().maxCoeff() < 1e-6f);
+      CHECK(u_split.mask.layers[0] == u_whole.mask.layers[0]);
+      CHECK(split() == whole());
+    }
+  }
 }
 
 TEST_CASE("dropout acts on theta only: a tower without hidden units has no uncertainty", "[mc-dropout]") {

@@ -90,7 +90,9 @@ TEST_CASE("request passes agree with the plain passes", "[request]") {
       RowVector z(n), expected(n);
       tower.begin_request(user, items, ws, z);
       tower.logits(user, items, nullptr, plain, expected);
-      CHECK(z == expected);  // the same pass, bit for bit
+      // The same pass; begin_request reads the logits from the top layer's product, in
+      // another order of the output layer's sum (gemm_kernel::OutputLogits).
+      CHECK(max_rel_diff(z, expected) < 1e-6f);
       CHECK(tower.request_size(ws) == n);
 
       {  // dropout passes: sparse update, dense fallback, per-candidate masks
@@ -108,8 +110,8 @@ TEST_CASE("request passes agree with the plain passes", "[request]") {
           }
         }
         // No mask: the cached logits.
+        tower.begin_request(user, items, ws, expected);
         tower.request_logits(nullptr, ws, z);
-        tower.logits(user, items, nullptr, plain, expected);
         CHECK(z == expected);
       }
 
@@ -168,6 +170,94 @@ TEST_CASE("request passes agree with the plain passes", "[request]") {
         CHECK(max_rel_diff(g, plain_logit_gradient(tower, sub_user, sub_items, plain)) < 1e-5f);
       }
     }
+  }
+}
+
+TEST_CASE("begin_request with a mask: the masked logits of request_logits, from the same pass", "[request]") {
+  // The one-pass form (two hidden layers, a shared mask, the top layer on the product
+  // kernel: {64, 16}, {40, 37} with rows past the last whole vector, {32, 16}) and its
+  // fallbacks (per-candidate masks, the dense update at p = 0.6, a top layer narrower than
+  // a vector, one or three hidden layers), on 1, 7 and 13 candidates (whole panels of the
+  // kernel's 6 columns and the rest).
+  const std::vector<Shape> shapes_here{{5, 4, {16, 8}}, {0, 6, {12}}, {3, 5, {10, 7, 6}}, {16, 8, {64, 16}},
+                                       {6, 8, {40, 37}}, {7, 9, {32, 16}}, {3, 4, {20, 18, 17}}, {2, 3, {24}}};
+  for (const Shape& shape : shapes_here) {
+    Rng rng(91 + shape.hidden.size());
+    const Tower tower = initialized_tower(shape, rng);
+    for (Index n : {Index{1}, Index{7}, Index{13}}) {
+      INFO(describe(shape) << ", " << n << " candidates");
+      const Matrix user = random_matrix(static_cast<Index>(shape.user_dim), 1, rng);
+      const Matrix items = random_matrix(static_cast<Index>(shape.item_dim), n, rng);
+      TowerWorkspace one, two, plain;
+      RowVector z_one(n), masked_one(n), z_two(n), masked_two(n), expected(n);
+      for (double p : {0.01, 0.2, 0.6}) {
+        for (Index columns : {Index{1}, n}) {
+          for (int draw = 0; draw < 3; ++draw) {
+            INFO("p = " << p << ", mask columns " << columns << ", draw " << draw);
+            DropoutMask mask;
+            tower.sample_mask(p, columns, rng, mask);
+            tower.begin_request(user, items, one, z_one, &mask, masked_one);
+            tower.begin_request(user, items, two, z_two);
+            tower.request_logits(&mask, two, masked_two);
+            CHECK(z_one == z_two);  // the no-dropout pass is the same either way
+            CHECK(max_rel_diff(masked_one, masked_two) < 1e-6f);
+            tower.logits(user, items, &mask, plain, expected);
+            CHECK(max_rel_diff(masked_one, expected) < 1e-6f);
+            // The request goes on as after begin_request(): another mask, the gradient.
+            DropoutMask other;
+            tower.sample_mask(0.05, 1, rng, other);
+            tower.request_logits(&other, one, masked_one);
+            tower.request_logits(&other, two, masked_two);
+            CHECK(max_rel_diff(masked_one, masked_two) < 1e-6f);
+            Matrix g_one(items.rows(), n), g_two(items.rows(), n);
+            tower.request_item_gradient(RowVector::Ones(n), one, g_one);
+            tower.request_item_gradient(RowVector::Ones(n), two, g_two);
+            CHECK(g_one == g_two);
+          }
+        }
+      }
+      // No mask: the masked logits are the logits.
+      tower.begin_request(user, items, one, z_one, nullptr, masked_one);
+      CHECK(masked_one == z_one);
+    }
+  }
+
+  Rng rng(4);
+  const Tower tower = initialized_tower({6, 8, {40, 37}}, rng);
+  const Matrix user = random_matrix(6, 1, rng), items = random_matrix(8, 5, rng);
+  TowerWorkspace ws;
+  RowVector z(5), short_out(4);
+  DropoutMask mask, wrong;
+  tower.sample_mask(0.1, 1, rng, mask);
+  CHECK_THROWS_WITH(tower.begin_request(user, items, ws, z, &mask, short_out), Catch::Contains("masked logits"));
+  tower.sample_mask(0.1, 3, rng, wrong);  // 3 columns for 5 candidates
+  CHECK_THROWS_AS(tower.begin_request(user, items, ws, z, &wrong, z), DimensionError);
+}
+
+TEST_CASE("backward after begin_request writes the top layer's ReLU the request pass skipped", "[request]") {
+  // begin_request reads the logits from the top hidden layer's product and leaves that
+  // layer's activation unwritten; backward() on the workspace must still see it.
+  for (const Shape& shape : std::vector<Shape>{{6, 8, {40, 37}}, {2, 3, {24}}}) {
+    INFO(describe(shape));
+    Rng rng(12);
+    const Tower tower = initialized_tower(shape, rng);
+    const Index n = 9;
+    const Matrix user = random_matrix(static_cast<Index>(shape.user_dim), 1, rng);
+    const Matrix items = random_matrix(static_cast<Index>(shape.item_dim), n, rng);
+    const RowVector d_logit = RowVector::Random(n);
+    TowerWorkspace request, plain;
+    RowVector z(n);
+    tower.begin_request(user, items, request, z);
+    tower.forward(user, items, nullptr, plain);
+    TowerGradients a, b;
+    Matrix d_items_a, d_items_b;
+    tower.backward(d_logit, user, items, request, &a, nullptr, &d_items_a);
+    tower.backward(d_logit, user, items, plain, &b, nullptr, &d_items_b);
+    for (std::size_t l = 0; l < tower.num_layers(); ++l) {
+      CHECK(a.weights[l] == b.weights[l]);
+      CHECK(a.biases[l] == b.biases[l]);
+    }
+    CHECK(d_items_a == d_items_b);
   }
 }
 

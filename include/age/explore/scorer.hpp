@@ -35,14 +35,16 @@
 // Request passes. With a model that has them (RequestPassModel: Tower, EmbeddingCtrModel)
 // and policies that use them (the library's, when only the item part moves), a request
 // costs one no-dropout pass that every later step reuses: the MC-Dropout samples redo
-// only what a mask changes, the input gradient walks down from the cached pass, and
-// h + dh costs pre0 + W_item dh; the passes read the open candidates in place
+// only what a mask changes (TS's one sample is drawn first and computed with that pass:
+// UncertaintyPolicy's split form), the input gradient walks down from the cached pass,
+// and h + dh costs pre0 + W_item dh; the passes read the open candidates in place
 // (request_select). The scores equal the plain path's up to float rounding, with the same
 // random draws; the workspace's buffers only grow, so once warmed up on the largest N,
 // scoring allocates nothing, whatever the number of open candidates.
 #pragma once
 
 #include <algorithm>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -214,18 +216,36 @@ class AgeScorer : public CandidateLimit {
   std::uint64_t seed() const noexcept { return seed_; }
 
  private:
+  // Whether the uncertainty's one mask is handed to the model's first pass (see
+  // UncertaintyPolicy's split form and Tower::begin_request with a mask).
+  static constexpr bool has_one_pass_sample =
+      requires(const Uncertainty& u, const Model& m, Index n, Rng& rng, ConstMatrixRef user, ConstMatrixRef items,
+               typename Model::Workspace& model_ws, typename Uncertainty::template Workspace<Model>& u_ws,
+               Eigen::Ref<const RowVector> base, Eigen::Ref<RowVector> out) {
+        { u.sample_request_mask(m, n, rng, u_ws) } -> std::same_as<const typename Model::Mask&>;
+        m.begin_request(user, items, model_ws, out, &u.sample_request_mask(m, n, rng, u_ws), out);
+        u.delta_from_masked_logits(base, out);
+      };
+
   // score() on the request passes: the same four steps, one no-dropout pass.
   void score_by_request_passes(const Request& request, ScoredRequest& out, Workspace& ws) const {
     const Model& model = *model_;
     const Index n = request.size();
     out.resize(n);
 
-    // 1. y = f(h | theta), kept in ws.model for the passes below
-    model.begin_request(request.user, request.items, ws.model, out.base);
-    sigmoid_in_place(out.base);
-    // 2. delta_y
+    // 1. y = f(h | theta), kept in ws.model for the passes below, and 2. delta_y
     Rng uncertainty_stream = uncertainty_rng(request.id);
-    uncertainty_.compute_request(model, out.base, uncertainty_stream, ws.model, ws.uncertainty, out.delta);
+    if constexpr (has_one_pass_sample) {
+      // The mask is drawn first (the same draws): its logits come with the no-dropout pass.
+      const auto& mask = uncertainty_.sample_request_mask(model, n, uncertainty_stream, ws.uncertainty);
+      model.begin_request(request.user, request.items, ws.model, out.base, &mask, out.delta);
+      sigmoid_in_place(out.base);
+      uncertainty_.delta_from_masked_logits(out.base, out.delta);
+    } else {
+      model.begin_request(request.user, request.items, ws.model, out.base);
+      sigmoid_in_place(out.base);
+      uncertainty_.compute_request(model, out.base, uncertainty_stream, ws.model, ws.uncertainty, out.delta);
+    }
     // 3. sigma
     gate_.evaluate(model, request, out.base, ws.gate, std::span<std::uint8_t>(out.gate));
     // 4. y_e = f(h + sigma * dh): a closed gate keeps the base prediction bit for bit.

@@ -16,6 +16,14 @@
 // does the same on the request cached in model_ws by model.begin_request(), so that every
 // mask sample reuses the no-dropout pass; the AGE scorer uses it when it exists. Same
 // random draws, same values up to float rounding.
+//
+// A policy whose request form is one mask sample (McDropoutTs) may also split it in two, so
+// that the scorer can hand the mask to the model's first pass (Tower::begin_request with a
+// mask computes the logits under it from the same products):
+//   const typename M::Mask& m = u.sample_request_mask(model, n, rng, ws)
+//       the mask compute_request would draw, the same draws from rng;
+//   u.delta_from_masked_logits(base, delta)
+//       delta holds the request's logits under that mask on entry, delta_y on return.
 #pragma once
 
 #include <cmath>
@@ -77,8 +85,18 @@ struct McDropoutTs {
     requires DropoutCtrModel<M> && RequestPassModel<M>
   void compute_request(const M& model, Eigen::Ref<const RowVector> base, Rng& rng, typename M::Workspace& model_ws,
                        Workspace<M>& ws, Eigen::Ref<RowVector> delta) const {
-    model.sample_mask(rate, detail::mask_columns(per_candidate_masks, base.size()), rng, ws.mask);
-    model.request_logits(&ws.mask, model_ws, delta);
+    model.request_logits(&sample_request_mask(model, base.size(), rng, ws), model_ws, delta);
+    delta_from_masked_logits(base, delta);
+  }
+
+  // compute_request() in two halves (see the top of this file): the mask for a request of
+  // n candidates, then delta_y = sigmoid(logit under the mask) - base, in place.
+  template <DropoutCtrModel M>
+  const typename M::Mask& sample_request_mask(const M& model, Index n, Rng& rng, Workspace<M>& ws) const {
+    model.sample_mask(rate, detail::mask_columns(per_candidate_masks, n), rng, ws.mask);
+    return ws.mask;
+  }
+  void delta_from_masked_logits(Eigen::Ref<const RowVector> base, Eigen::Ref<RowVector> delta) const {
     sigmoid_in_place(delta);
     delta -= base;
   }

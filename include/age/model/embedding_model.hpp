@@ -88,6 +88,10 @@ class EmbeddingCtrModel {
   void begin_request(ConstMatrixRef user, ConstMatrixRef items, TowerWorkspace& ws, Eigen::Ref<RowVector> out) const {
     tower_.begin_request(user, items, ws, out);
   }
+  void begin_request(ConstMatrixRef user, ConstMatrixRef items, TowerWorkspace& ws, Eigen::Ref<RowVector> out,
+                     const DropoutMask* mask, Eigen::Ref<RowVector> masked_out) const {
+    tower_.begin_request(user, items, ws, out, mask, masked_out);
+  }
   Index request_size(const TowerWorkspace& ws) const { return tower_.request_size(ws); }
   void request_select(std::span<const Index> keep, TowerWorkspace& ws) const { tower_.request_select(keep, ws); }
   void request_logits(const DropoutMask* mask, TowerWorkspace& ws, Eigen::Ref<RowVector> out) const {

@@ -32,6 +32,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cassert>
 #include <cmath>
 #include <concepts>
 #include <cstddef>
@@ -70,7 +71,7 @@ struct TowerRequestScratch {
   std::vector<Index> changed;  // hidden-0 units whose mask value is not the common scale
   std::vector<const Scalar*> changed_column;  // ... their columns W1[:, j]
   std::vector<Scalar> changed_factor;        // ... m_j - s
-  std::vector<Scalar> changed_scale;         // ... per candidate: (m_j - s) ReLU(a0_j)
+  std::vector<Scalar> changed_scale;         // ... per candidate: (m_j - s) ReLU(a0_j), kCols at a time
   RowVector logits;          // the no-dropout logits of the request's candidates
   Vector output_weights;     // w_out with a shared mask of the top hidden layer folded in
   bool moved_valid = false;  // pre holds a moved pass (request_moved_item_gradient reads it)
@@ -97,6 +98,7 @@ struct TowerWorkspace {
   std::vector<Matrix> d_pre;   // backward: d(objective)/d(pre-activation) of each layer
   RowVector d_logit;           // upstream gradient scratch of probability_gradient()
   const DropoutMask* mask = nullptr;  // mask of the last forward pass
+  bool top_act_stale = false;  // act.back() not written (begin_request), see Tower::backward
   bool shared_user = true;
   Index batch = 0;
   TowerRequestScratch request;
@@ -241,6 +243,17 @@ class Tower {
   // user_dim x N (one user per column, e.g. a training batch); `items` is item_dim x N.
   // `mask` (optional) is a dropout sample with 1 or N columns. Logits land in ws.logits().
   void forward(ConstMatrixRef user, ConstMatrixRef items, const DropoutMask* mask, TowerWorkspace& ws) const {
+    forward_pass(user, items, mask, ws, nullptr);
+  }
+
+ private:
+  // forward(); with `output` (no mask), the request passes' form: the output logit is read
+  // from the top hidden layer's product panel by panel (gemm_kernel::OutputLogits, with
+  // its masked logit when output->masked_weights is set), so that neither the top layer's
+  // ReLU nor a second pass over it is written or read (ws.top_act_stale: backward()
+  // writes that ReLU first). Only where the top layer runs on the product kernel.
+  void forward_pass(ConstMatrixRef user, ConstMatrixRef items, const DropoutMask* mask, TowerWorkspace& ws,
+                    detail::gemm_kernel::OutputLogits* output) const {
     check_inputs(user, items, mask);
     const Index n = items.cols();
     const std::size_t layers = weights_.size();
@@ -250,6 +263,16 @@ class Tower {
     ws.shared_user = user.cols() == 1;
     ws.batch = n;
     ws.request.active = false;
+    ws.top_act_stale = false;
+    if (output && (ws.mask || !reads_output_from_top())) output = nullptr;
+    if (output) {
+      const std::size_t top = hidden_.size() - 1;
+      ws.pre[top + 1].resize(1, n);
+      output->weights = weights_[top + 1].data();  // 1 x H: contiguous
+      output->out_bias = biases_[top + 1][0];
+      output->out = ws.pre[top + 1].data();
+      ws.top_act_stale = true;
+    }
 
     // Layer 0, split: (W_user * user + b0) + W_item * items. The constant part is
     // broadcast first and the product accumulated onto it: one pass over pre0 less.
@@ -261,7 +284,11 @@ class Tower {
     const bool fused = !ws.mask;
     const std::size_t hidden = hidden_.size();
     for (std::size_t l = 0; l < hidden; ++l) ws.act[l].resize(weights_[l].rows(), n);
-    const auto finish0 = (fused && hidden > 0) ? detail::also_relu(ws.act[0]) : detail::gemm_kernel::Finish{};
+    auto finish0 = (fused && hidden > 0) ? detail::also_relu(ws.act[0]) : detail::gemm_kernel::Finish{};
+    if (output && hidden == 1) {  // layer 0 is the top hidden layer
+      finish0 = detail::gemm_kernel::Finish{};
+      finish0.output = output;
+    }
     Matrix& pre0 = ws.pre[0];
     pre0.resize(weights_[0].rows(), n);
     if (ws.shared_user) {
@@ -277,13 +304,24 @@ class Tower {
 
     for (std::size_t l = 0; l < layers; ++l) {
       if (l > 0) {
+        if (output && l == hidden) break;  // the logits came with the top layer's product
         Matrix& pre = ws.pre[l];
         pre.resize(weights_[l].rows(), n);
-        layer_product(l, ws.act[l - 1], pre, (fused && l < hidden) ? &ws.act[l] : nullptr);
+        const bool top = l + 1 == hidden;
+        layer_product(l, ws.act[l - 1], pre, (fused && l < hidden && !(output && top)) ? &ws.act[l] : nullptr,
+                      top ? output : nullptr);
       }
       if (l < hidden && !fused) activate(l, ws);
     }
   }
+
+  // Whether begin_request() reads the logits from the top hidden layer's product: the
+  // top layer runs on the product kernel (at least one vector of units).
+  bool reads_output_from_top() const noexcept {
+    return !hidden_.empty() && weights_[hidden_.size() - 1].rows() >= detail::gemm_kernel::kWidth;
+  }
+
+ public:
 
   // Backward pass from d(objective)/d(logit) (one value per column of the last forward).
   // Any of the outputs may be null. d_user is user_dim x N (per candidate, also when the
@@ -303,6 +341,10 @@ class Tower {
     // output. One buffer per layer, so a warm workspace never reallocates.
     ws.d_pre.resize(layers);
     ws.d_pre[layers - 1] = d_logit;
+    if (ws.top_act_stale) {  // begin_request() read the logits from the top layer's product
+      ws.act[hidden_.size() - 1] = ws.pre[hidden_.size() - 1].cwiseMax(Scalar(0));
+      ws.top_act_stale = false;
+    }
     for (std::size_t l = layers; l-- > 0;) {
       const Matrix& d_pre = ws.d_pre[l];
       if (params) {
@@ -371,14 +413,58 @@ class Tower {
 
   // Starts a request: the no-dropout pass forward(user, items, nullptr, ws), whose
   // pre-activations and activations stay in ws; its logits (N) into `out`. The request
-  // lasts until the next forward pass on ws.
+  // lasts until the next forward pass on ws. The logits are read from the top hidden
+  // layer's product panel by panel while it is in the first-level cache
+  // (gemm_kernel::OutputLogits), instead of by the output layer's product over that
+  // layer's ReLU, which is then not written (backward() writes it first): forward()'s
+  // logits up to float rounding (the same terms, summed in another order). Against the
+  // ReLU copy and Eigen's product: ~7 ns per candidate on the reference workload.
   void begin_request(ConstMatrixRef user, ConstMatrixRef items, TowerWorkspace& ws, Eigen::Ref<RowVector> out) const {
-    forward(user, items, nullptr, ws);
-    detail::require_dim("begin_request: logits output length", static_cast<std::size_t>(items.cols()),
+    detail::gemm_kernel::OutputLogits output;
+    forward_pass(user, items, nullptr, ws, &output);
+    start_request(items.cols(), ws, out);
+  }
+
+  // begin_request() and, in the same call, the logits under a dropout `mask` into
+  // `masked_out` (N): what request_logits(mask, ws, masked_out) gives right after it, up
+  // to float rounding (McDropoutTs's one sample, AGE-METHOD.md "Uncertainty delta_y by
+  // MC-Dropout"). For a tower of two hidden layers and a mask shared by the candidates,
+  // the masked logit of each candidate is read from layer 1's product with the no-dropout
+  // one (gemm_kernel::OutputLogits: the rank-|J| update of request_logits on each panel,
+  // with ReLU(pre0) read from the product's own operand) instead of by a second pass over
+  // the cached pre-activations (on the reference workload ~7 ns per candidate instead of
+  // ~13); otherwise it is begin_request() then request_logits().
+  void begin_request(ConstMatrixRef user, ConstMatrixRef items, TowerWorkspace& ws, Eigen::Ref<RowVector> out,
+                     const DropoutMask* mask, Eigen::Ref<RowVector> masked_out) const {
+    const Index n = items.cols();
+    check_inputs(user, items, mask);
+    detail::require_dim("begin_request: masked logits output length", static_cast<std::size_t>(n),
+                        static_cast<std::size_t>(masked_out.size()));
+    TowerRequestScratch& rq = ws.request;
+    prepare(rq);
+    Scalar s = 0;
+    const bool one_pass = mask && !mask->empty() && hidden_.size() == 2 && mask->layers[1].cols() == 1 &&
+                          reads_output_from_top() && changed_units(mask->layers[0], rq, s);
+    if (!one_pass) {
+      begin_request(user, items, ws, out);
+      request_logits(mask, ws, masked_out);
+      return;
+    }
+    rq.output_weights = weights_[2].row(0).transpose().cwiseProduct(mask->layers[1].col(0));
+    detail::gemm_kernel::OutputLogits output = shared_mask_logits(s, rq, masked_out.data());
+    forward_pass(user, items, nullptr, ws, &output);
+    start_request(n, ws, out);
+  }
+
+ private:
+  // What begin_request() sets up after its pass: the request's logits into `out`, and
+  // every scratch buffer sized for its n candidates.
+  void start_request(Index n, TowerWorkspace& ws, Eigen::Ref<RowVector> out) const {
+    detail::require_dim("begin_request: logits output length", static_cast<std::size_t>(n),
                         static_cast<std::size_t>(out.size()));
     out = ws.logits();
     TowerRequestScratch& rq = ws.request;
-    rq.columns = items.cols();
+    rq.columns = n;
     rq.active = true;
     rq.kept.clear();
     rq.kept.reserve(static_cast<std::size_t>(rq.columns));
@@ -401,6 +487,8 @@ class Tower {
     detail::scratch_head(rq.logits, rq.columns) = out;
     if (!hidden_.empty()) rq.output_weights.resize(static_cast<Index>(hidden_.back()));
   }
+
+ public:
 
   // Candidates in the request: N, or fewer after request_select().
   Index request_size(const TowerWorkspace& ws) const {
@@ -471,9 +559,19 @@ class Tower {
     const bool sparse = changed_units(mask->layers[0], rq, s);
     if (sparse && fold_top && top == 1) {
       // The 2-hidden-layer tower: each candidate's logit in one go (rq.pre is not written).
-      rq.changed_scale.resize(rq.changed.size());  // within the reserved H0
-      for (Index n = 0; n < k; ++n)
-        out[n] = shared_mask_logit(s, cached_column(rq, n), n + 8 < k ? cached_column(rq, n + 8) : -1, ws) + b_out;
+      const detail::gemm_kernel::OutputLogits masked = shared_mask_logits(s, rq, out.data());
+      const Matrix& pre0 = ws.pre[0];
+      const Index h0 = weights_[0].rows(), h1 = weights_[1].rows();
+      for (Index n = 0; n < k; ++n) {
+        // pre0's rows are 4 * H0 bytes apart, a cache miss per changed unit and candidate:
+        // fetched a few candidates ahead.
+        if (n + 8 < k)
+          for (Index j : rq.changed) __builtin_prefetch(&pre0(j, cached_column(rq, n + 8)));
+        const Index c = cached_column(rq, n);
+        Scalar base_logit;  // the cached one; computed again with the masked logit (2 of ~40 operations)
+        detail::gemm_kernel::output_logits_of<1, true>(masked, ws.pre[1].col(c).data(), h1, pre0.col(c).data(), h0,
+                                                       h1, &base_logit, &out[n]);
+      }
       return;
     }
     if (sparse) {
@@ -770,7 +868,7 @@ class Tower {
       rq.changed.reserve(hidden_[0]);
       rq.changed_column.reserve(hidden_[0]);
       rq.changed_factor.reserve(hidden_[0]);
-      rq.changed_scale.reserve(hidden_[0]);
+      rq.changed_scale.reserve(hidden_[0] * detail::gemm_kernel::kCols);  // masked_logits_of
     }
   }
 
@@ -810,50 +908,28 @@ class Tower {
     }
   }
 
-  // sparse_column() and the output layer of a 2-hidden-layer tower for cached column n, with
-  // the top layer's mask folded into rq.output_weights: sum_i w_i ReLU(pre1'_i) (without
-  // the output bias), pre1' never stored. Vectorised over layer 1's units: this runs once
-  // per candidate for every TS request, and Eigen's expression (a column, then a dot
-  // product) was ~5% of an AGE-TS request of 1000 candidates by perf. Branch-free: every
-  // changed unit is added, with the factor (m_j - s) a0_j, 0 where a0_j = ReLU(pre0_j) is 0
-  // (skipping those units, about half, mispredicted a branch per unit and candidate).
-  // rq.changed_column / changed_factor hold the changed units' columns W1[:, j] and m_j - s.
-  // `ahead` (or -1): the column asked for a few calls later, prefetched.
-  Scalar shared_mask_logit(Scalar s, Index n, Index ahead, TowerWorkspace& ws) const {
-    namespace kernel = detail::gemm_kernel;
-    TowerRequestScratch& rq = ws.request;
-    const Matrix& pre0 = ws.pre[0];
-    const std::size_t count = rq.changed.size();
-    Scalar* scale = rq.changed_scale.data();
-    for (std::size_t c = 0; c < count; ++c) {
-      const Index j = rq.changed[c];
-      // pre0's rows are 4 * H0 bytes apart, a cache miss per changed unit and candidate:
-      // fetched a few candidates ahead.
-      if (ahead >= 0) __builtin_prefetch(&pre0(j, ahead));
-      const Scalar a = pre0(j, n);
-      scale[c] = rq.changed_factor[c] * (a > Scalar(0) ? a : Scalar(0));
-    }
-    const Index h1 = weights_[1].rows();
-    const Scalar* p = ws.pre[1].col(n).data();
-    const Scalar* b = biases_[1].data();
-    const Scalar* w = rq.output_weights.data();
-    const Scalar* const* column = rq.changed_column.data();
-    const Scalar t = Scalar(1) - s;
-    kernel::Vec sum{};
-    Index i = 0;
-    for (; i + kernel::kWidth <= h1; i += kernel::kWidth) {
-      kernel::Vec v = kernel::load(p + i) * s + kernel::load(b + i) * t;
-      for (std::size_t c = 0; c < count; ++c) v += kernel::load(column[c] + i) * scale[c];
-      v = v < kernel::Vec{} ? kernel::Vec{} : v;
-      sum += kernel::load(w + i) * v;
-    }
-    Scalar logit = kernel::sum_lanes(sum);
-    for (; i < h1; ++i) {
-      Scalar v = p[i] * s + b[i] * t;
-      for (std::size_t c = 0; c < count; ++c) v += column[c][i] * scale[c];
-      logit += w[i] * (v < Scalar(0) ? Scalar(0) : v);
-    }
-    return logit;
+  // sparse_column() and the output layer of a 2-hidden-layer tower, with the top layer's
+  // mask folded into rq.output_weights, as gemm_kernel::OutputLogits: the masked logit
+  // sum_i w_i ReLU(pre1'_i) + b_out of each candidate, pre1' never stored (vectorised over
+  // layer 1's units and branch-free; Eigen's expression, a column then a dot product, was
+  // ~5% of an AGE-TS request of 1000 candidates). Read from the cached pass by
+  // request_logits(), from each panel of layer 1's product by begin_request() with a mask.
+  // Needs changed_units() and rq.output_weights; the masked logits go to `out`.
+  detail::gemm_kernel::OutputLogits shared_mask_logits(Scalar s, TowerRequestScratch& rq, Scalar* out) const {
+    rq.changed_scale.resize(rq.changed.size() * detail::gemm_kernel::kCols);
+    detail::gemm_kernel::OutputLogits o;
+    o.weights = weights_[2].data();  // 1 x H1: contiguous
+    o.out_bias = biases_[2][0];
+    o.masked_weights = rq.output_weights.data();
+    o.bias = biases_[1].data();
+    o.scale = s;
+    o.changed = rq.changed.size();
+    o.changed_rows = rq.changed.data();
+    o.changed_columns = rq.changed_column.data();
+    o.changed_factor = rq.changed_factor.data();
+    o.factor_scratch = rq.changed_scale.data();
+    o.masked_out = out;
+    return o;
   }
 
   // d logit / d items of the request's k candidates into rq.unit_gradient (item_dim x k),
@@ -998,13 +1074,17 @@ class Tower {
   // (age/model/gemm.hpp), or Eigen's for a layer narrower than one vector (the output
   // logit), where the kernel would fall back to one scalar dot product per candidate.
   // With `act` (pre's shape), also act = ReLU(pre), in the same pass on the kernel.
+  // `output` (a layer on the kernel): also its OutputLogits (begin_request).
   template <class Act = Matrix>
-  void layer_product(std::size_t l, ConstMatrixRef a, MatrixRef pre, Act* act = nullptr) const {
+  void layer_product(std::size_t l, ConstMatrixRef a, MatrixRef pre, Act* act = nullptr,
+                     const detail::gemm_kernel::OutputLogits* output = nullptr) const {
     if (weights_[l].rows() >= detail::gemm_kernel::kWidth) {
-      detail::gemm_from_column(pre, biases_[l], weights_[l], a,
-                               act ? detail::also_relu(*act) : detail::gemm_kernel::Finish{});
+      detail::gemm_kernel::Finish finish = act ? detail::also_relu(*act) : detail::gemm_kernel::Finish{};
+      finish.output = output;
+      detail::gemm_from_column(pre, biases_[l], weights_[l], a, finish);
       return;
     }
+    assert(!output);
     if (weights_[l].rows() == 1) {
       // The output logit: a row vector times the batch, written as one so that Eigen
       // takes its matrix-vector product rather than its general (packing) product.
