@@ -67,6 +67,15 @@ TEST_CASE("product kernel: equals Eigen's product for every block and tail shape
         const Matrix expected_column = (expected_assign.colwise() + c).eval();
         CHECK(max_error(y, expected_column, k) < 1e-6);
 
+        // X read through its ReLU: the product on max(x, 0) (the same terms in the same
+        // order; the compiler may contract the scalar tail rows' multiply-adds differently).
+        y = y0;
+        detail::gemm_from_column(y, c, a, x, {}, /*relu_x=*/true);
+        Matrix y_relu = y0;
+        detail::gemm_from_column(y_relu, c, a, x.cwiseMax(Scalar(0)));
+        CHECK(max_error(y, y_relu, k) < 1e-6);
+        CHECK(max_error(y, (a * x.cwiseMax(Scalar(0))).colwise() + c, k) < 1e-6);
+
         // The finishes: ReLU written alongside (exactly max(y, 0) of the y written), and
         // y zeroed where a sign matrix is not positive (every other row and column too,
         // so that each lane of a vector and each tail takes both branches).
@@ -124,6 +133,37 @@ TEST_CASE("product kernel: the ReLU finish keeps NaN and -0 as Eigen's cwiseMax(
   CHECK(std::isnan(relu(m - 1, 0)));     // NaN stays NaN ...
   CHECK(std::signbit(relu(m - 1, 1)));   // ... and -0 stays -0 in the tail rows too
   CHECK(relu(1, 2) == Scalar(2));
+}
+
+TEST_CASE("product kernel: an X read through its ReLU keeps NaN and -0 as the stored ReLU does", "[gemm]") {
+  // relu_x must give what a product over relu_copy's output gives: NaN and -0 of X kept
+  // (NaN propagates, -0 times a weight adds a signed zero), in the vector rows and the tail.
+  const Index m = detail::gemm_kernel::kWidth + 3, k = 4;
+  Matrix x(k, 3);
+  x << std::numeric_limits<Scalar>::quiet_NaN(), Scalar(-0.0), Scalar(2),  //
+      Scalar(-1), Scalar(-0.0), Scalar(-3),                                //
+      Scalar(0.5), Scalar(-0.0), Scalar(-0.0),                             //
+      Scalar(-2), Scalar(-0.0), Scalar(1);
+  Matrix a = Matrix::Ones(m, k);
+  a(0, 3) = Scalar(-1);
+  const Vector minus_zero = Vector::Constant(m, Scalar(-0.0));
+  // The ReLU as the forward pass stores it (relu_copy: v < 0 ? 0 : v).
+  Matrix stored(k, 3), y(m, 3), expected(m, 3);
+  for (Index i = 0; i < x.size(); ++i) stored.data()[i] = x.data()[i] < 0 ? Scalar(0) : x.data()[i];
+  detail::gemm_from_column(y, minus_zero, a, x, {}, /*relu_x=*/true);
+  detail::gemm_from_column(expected, minus_zero, a, stored);
+  for (Index j = 0; j < 3; ++j)
+    for (Index i = 0; i < m; ++i) {
+      CAPTURE(i, j, y(i, j), expected(i, j));
+      CHECK(std::isnan(y(i, j)) == std::isnan(expected(i, j)));
+      if (!std::isnan(y(i, j))) {
+        CHECK(y(i, j) == expected(i, j));
+        CHECK(std::signbit(y(i, j)) == std::signbit(expected(i, j)));
+      }
+    }
+  CHECK(std::isnan(y(m - 1, 0)));   // the NaN of X reaches the tail rows
+  CHECK(std::signbit(y(m - 1, 1)));  // -0 + sum of -0 terms stays -0
+  CHECK(y(0, 2) == Scalar(1));       // 2 + 0 - 0 - 1
 }
 
 TEST_CASE("product kernel: operands that are column ranges of larger matrices", "[gemm]") {
@@ -213,6 +253,33 @@ TEST_CASE("tower: the fused passes at this build's vector width agree with the p
   CHECK(z == expected);
   CHECK(ws.act[0] == plain.act[0]);
   CHECK(ws.act[1] == plain.act[1]);
+
+  // The request pass writes no ReLU (each product reads the layer below through its ReLU,
+  // the logits come from the top layer's product): forward()'s pre-activations bit for
+  // bit, its logits up to the order of the output layer's sum; backward() after it is
+  // backward() after forward().
+  tower.begin_request(user, items, ws, z);
+  tower.logits(user, items, nullptr, plain, expected);
+  CHECK(((z - expected).cwiseAbs().array() <= 1e-6f * (1.0f + expected.cwiseAbs().array())).all());
+  for (std::size_t l = 0; l < 2; ++l) CHECK(ws.pre[l] == plain.pre[l]);
+  {
+    const RowVector d_logit = RowVector::Random(n);
+    TowerGradients from_request, from_forward;
+    tower.backward(d_logit, user, items, ws, &from_request, nullptr, nullptr);
+    tower.backward(d_logit, user, items, plain, &from_forward, nullptr, nullptr);
+    for (std::size_t l = 0; l < 3; ++l) CHECK(from_request.weights[l] == from_forward.weights[l]);
+  }
+  // The same with a shared mask's logits from the top layer's panels.
+  for (double p : {0.01, 0.1}) {
+    DropoutMask mask;
+    tower.sample_mask(p, 1, rng, mask);
+    RowVector masked(n), masked_expected(n);
+    tower.begin_request(user, items, ws, z, &mask, masked);
+    tower.logits(user, items, &mask, plain, masked_expected);
+    CAPTURE(p);
+    CHECK(((masked - masked_expected).cwiseAbs().array() <= 1e-6f * (1.0f + masked_expected.cwiseAbs().array()))
+              .all());
+  }
 
   // A shared dropout mask on the request: the vectorised rank-|J| logit (the 2-hidden-layer
   // fast path of request_logits) against the plain masked pass.

@@ -28,6 +28,10 @@
 #include <cstring>
 #include <utility>
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 #include "age/core/types.hpp"
 
 // The kernel's small helpers are inlined whatever the including translation unit's
@@ -95,6 +99,22 @@ inline float min_lanes(Vec v) noexcept {
 typedef int IntVec __attribute__((vector_size(kWidth * sizeof(int))));
 AGE_KERNEL_INLINE Vec abs_lanes(Vec v) noexcept {
   return reinterpret_cast<Vec>(reinterpret_cast<IntVec>(v) & 0x7fffffff);
+}
+
+// max(*p, 0) in every lane, as one broadcast and one max: the operand of a product whose
+// X is read through its ReLU (relu_x below). max(0, v) keeps v when it is NaN or -0, like
+// relu_copy's v < 0 ? 0 : v.
+AGE_KERNEL_INLINE Vec broadcast_relu(const float* p) noexcept {
+#if defined(__AVX512F__)
+  return _mm512_max_ps(_mm512_setzero_ps(), _mm512_set1_ps(*p));
+#elif defined(__AVX__)
+  return _mm256_max_ps(_mm256_setzero_ps(), _mm256_set1_ps(*p));
+#elif defined(__SSE2__)
+  return _mm_max_ps(_mm_setzero_ps(), _mm_set1_ps(*p));
+#else
+  const float v = *p < 0.0f ? 0.0f : *p;
+  return Vec{} + v;
+#endif
 }
 
 // How the output starts: from zero, from its own values (Y += A X), or from one column
@@ -262,8 +282,8 @@ AGE_KERNEL_INLINE float finish_scalar(float v, const Finish& f, int c, long r) n
   return v;
 }
 
-// Rows [0, RV * kWidth) of Y's NC columns.
-template <int RV, int NC>
+// Rows [0, RV * kWidth) of Y's NC columns. ReluX: X is read through its ReLU, max(X, 0).
+template <int RV, int NC, bool ReluX>
 inline void block(long k_size, const float* a, long lda, const float* x, long ldx, float* y, long ldy,
                   Start start, long row, const Finish& finish) noexcept {
   Vec acc[RV][NC];
@@ -280,10 +300,15 @@ inline void block(long k_size, const float* a, long lda, const float* x, long ld
     Vec av[RV];
     for (int r = 0; r < RV; ++r) av[r] = load(a + k * lda + r * kWidth);
     for (int c = 0; c < NC; ++c) {
-      // vector * scalar broadcasts the scalar (Vec{} + b instead would add 0.0f first:
-      // an extra instruction per broadcast, kept by the compiler for -0.0's sake).
-      const float b = x[c * ldx + k];
-      for (int r = 0; r < RV; ++r) acc[r][c] += av[r] * b;
+      if constexpr (ReluX) {
+        const Vec b = broadcast_relu(x + c * ldx + k);
+        for (int r = 0; r < RV; ++r) acc[r][c] += av[r] * b;
+      } else {
+        // vector * scalar broadcasts the scalar (Vec{} + b instead would add 0.0f first:
+        // an extra instruction per broadcast, kept by the compiler for -0.0's sake).
+        const float b = x[c * ldx + k];
+        for (int r = 0; r < RV; ++r) acc[r][c] += av[r] * b;
+      }
     }
   }
   for (int c = 0; c < NC; ++c)
@@ -293,50 +318,66 @@ inline void block(long k_size, const float* a, long lda, const float* x, long ld
 
 // All M rows of NC columns: blocks of kRowVectors vectors, then pairs and single vectors,
 // then the rows left over one at a time.
-template <int NC>
+template <int NC, bool ReluX>
 inline void columns(long m, long k_size, const float* a, long lda, const float* x, long ldx, float* y, long ldy,
                     Start start, const Finish& finish) noexcept {
   long i = 0;
   for (; i + kRowVectors * kWidth <= m; i += kRowVectors * kWidth)
-    block<kRowVectors, NC>(k_size, a + i, lda, x, ldx, y + i, ldy, start, i, finish.at(i, 0));
+    block<kRowVectors, NC, ReluX>(k_size, a + i, lda, x, ldx, y + i, ldy, start, i, finish.at(i, 0));
   if constexpr (kRowVectors > 2) {
     // Two vectors at a time (e.g. the DGU's 32 hidden units with AVX-512): half the loads
     // per multiply-add of single vectors.
     for (; i + 2 * kWidth <= m; i += 2 * kWidth)
-      block<2, NC>(k_size, a + i, lda, x, ldx, y + i, ldy, start, i, finish.at(i, 0));
+      block<2, NC, ReluX>(k_size, a + i, lda, x, ldx, y + i, ldy, start, i, finish.at(i, 0));
   }
-  for (; i + kWidth <= m; i += kWidth) block<1, NC>(k_size, a + i, lda, x, ldx, y + i, ldy, start, i, finish.at(i, 0));
+  for (; i + kWidth <= m; i += kWidth)
+    block<1, NC, ReluX>(k_size, a + i, lda, x, ldx, y + i, ldy, start, i, finish.at(i, 0));
   for (; i < m; ++i)
     for (int c = 0; c < NC; ++c) {
       float s = start.kind == Start::accumulate ? y[c * ldy + i]
                 : start.kind == Start::column   ? start.column_values[i]
                                                 : 0.0f;
-      for (long k = 0; k < k_size; ++k) s += a[k * lda + i] * x[c * ldx + k];
+      for (long k = 0; k < k_size; ++k) {
+        float b = x[c * ldx + k];
+        if constexpr (ReluX) b = b < 0.0f ? 0.0f : b;
+        s += a[k * lda + i] * b;
+      }
       y[c * ldy + i] = finish_scalar(s, finish, c, i);
     }
 }
 
 // The last n < kCols columns.
-template <int NC = kCols - 1>
+template <bool ReluX, int NC = kCols - 1>
 inline void tail(long n, long m, long k_size, const float* a, long lda, const float* x, long ldx, float* y, long ldy,
                  Start start, const Finish& finish) noexcept {
   if constexpr (NC > 0) {
     if (n == NC)
-      columns<NC>(m, k_size, a, lda, x, ldx, y, ldy, start, finish);
+      columns<NC, ReluX>(m, k_size, a, lda, x, ldx, y, ldy, start, finish);
     else
-      tail<NC - 1>(n, m, k_size, a, lda, x, ldx, y, ldy, start, finish);
+      tail<ReluX, NC - 1>(n, m, k_size, a, lda, x, ldx, y, ldy, start, finish);
   }
 }
 
-inline void multiply(long m, long n, long k_size, const float* a, long lda, const float* x, long ldx, float* y,
-                     long ldy, Start start, const Finish& finish = {}) noexcept {
+template <bool ReluX>
+inline void multiply_columns(long m, long n, long k_size, const float* a, long lda, const float* x, long ldx,
+                             float* y, long ldy, Start start, const Finish& finish) noexcept {
   long j = 0;
   for (; j + kCols <= n; j += kCols) {
-    columns<kCols>(m, k_size, a, lda, x + j * ldx, ldx, y + j * ldy, ldy, start, finish.at(0, j));
+    columns<kCols, ReluX>(m, k_size, a, lda, x + j * ldx, ldx, y + j * ldy, ldy, start, finish.at(0, j));
     if (finish.output) output_logits(*finish.output, m, kCols, j, x + j * ldx, ldx, y + j * ldy, ldy);
   }
-  tail(n - j, m, k_size, a, lda, x + j * ldx, ldx, y + j * ldy, ldy, start, finish.at(0, j));
+  tail<ReluX>(n - j, m, k_size, a, lda, x + j * ldx, ldx, y + j * ldy, ldy, start, finish.at(0, j));
   if (finish.output && j < n) output_logits(*finish.output, m, n - j, j, x + j * ldx, ldx, y + j * ldy, ldy);
+}
+
+// relu_x: X is read through its ReLU (Y = A max(X, 0)), one max per broadcast of X (on
+// ports the multiply-adds do not use), so that the layer below need not store its ReLU.
+inline void multiply(long m, long n, long k_size, const float* a, long lda, const float* x, long ldx, float* y,
+                     long ldy, Start start, const Finish& finish = {}, bool relu_x = false) noexcept {
+  if (relu_x)
+    multiply_columns<true>(m, n, k_size, a, lda, x, ldx, y, ldy, start, finish);
+  else
+    multiply_columns<false>(m, n, k_size, a, lda, x, ldx, y, ldy, start, finish);
 }
 
 }  // namespace gemm_kernel
@@ -371,11 +412,12 @@ inline void gemm_add(MatrixRef y, const ConstMatrixRef& a, const ConstMatrixRef&
 }
 
 // y = c 1^T + a x: every column of y starts from the column c (M), e.g. a layer's bias.
+// relu_x: y = c 1^T + a max(x, 0) (x a pre-activation whose ReLU was not stored).
 inline void gemm_from_column(MatrixRef y, const ConstVectorRef& c, const ConstMatrixRef& a, const ConstMatrixRef& x,
-                             const gemm_kernel::Finish& finish = {}) noexcept {
+                             const gemm_kernel::Finish& finish = {}, bool relu_x = false) noexcept {
   assert(a.rows() == y.rows() && a.cols() == x.rows() && x.cols() == y.cols() && c.size() == y.rows());
   gemm_kernel::multiply(y.rows(), y.cols(), a.cols(), a.data(), a.outerStride(), x.data(), x.outerStride(),
-                        y.data(), y.outerStride(), {gemm_kernel::Start::column, c.data()}, finish);
+                        y.data(), y.outerStride(), {gemm_kernel::Start::column, c.data()}, finish, relu_x);
 }
 
 }  // namespace age::detail

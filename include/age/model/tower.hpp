@@ -32,7 +32,6 @@
 #pragma once
 
 #include <algorithm>
-#include <cassert>
 #include <cmath>
 #include <concepts>
 #include <cstddef>
@@ -98,7 +97,7 @@ struct TowerWorkspace {
   std::vector<Matrix> d_pre;   // backward: d(objective)/d(pre-activation) of each layer
   RowVector d_logit;           // upstream gradient scratch of probability_gradient()
   const DropoutMask* mask = nullptr;  // mask of the last forward pass
-  bool top_act_stale = false;  // act.back() not written (begin_request), see Tower::backward
+  bool acts_stale = false;     // act not written (begin_request), see Tower::backward
   bool shared_user = true;
   Index batch = 0;
   TowerRequestScratch request;
@@ -247,11 +246,12 @@ class Tower {
   }
 
  private:
-  // forward(); with `output` (no mask), the request passes' form: the output logit is read
-  // from the top hidden layer's product panel by panel (gemm_kernel::OutputLogits, with
-  // its masked logit when output->masked_weights is set), so that neither the top layer's
-  // ReLU nor a second pass over it is written or read (ws.top_act_stale: backward()
-  // writes that ReLU first). Only where the top layer runs on the product kernel.
+  // forward(); with `output` (no mask), the request passes' form, which writes no ReLU:
+  // each layer's product reads the pre-activation below through its ReLU (relu_x), and
+  // the output logit is read from the top hidden layer's product panel by panel
+  // (gemm_kernel::OutputLogits, with its masked logit when output->masked_weights is set)
+  // instead of by the output layer's product (ws.acts_stale: backward() writes the ReLUs
+  // first). Only where every hidden layer runs on the product kernel.
   void forward_pass(ConstMatrixRef user, ConstMatrixRef items, const DropoutMask* mask, TowerWorkspace& ws,
                     detail::gemm_kernel::OutputLogits* output) const {
     check_inputs(user, items, mask);
@@ -263,7 +263,7 @@ class Tower {
     ws.shared_user = user.cols() == 1;
     ws.batch = n;
     ws.request.active = false;
-    ws.top_act_stale = false;
+    ws.acts_stale = false;
     if (output && (ws.mask || !reads_output_from_top())) output = nullptr;
     if (output) {
       const std::size_t top = hidden_.size() - 1;
@@ -271,7 +271,7 @@ class Tower {
       output->weights = weights_[top + 1].data();  // 1 x H: contiguous
       output->out_bias = biases_[top + 1][0];
       output->out = ws.pre[top + 1].data();
-      ws.top_act_stale = true;
+      ws.acts_stale = true;
     }
 
     // Layer 0, split: (W_user * user + b0) + W_item * items. The constant part is
@@ -285,9 +285,9 @@ class Tower {
     const std::size_t hidden = hidden_.size();
     for (std::size_t l = 0; l < hidden; ++l) ws.act[l].resize(weights_[l].rows(), n);
     auto finish0 = (fused && hidden > 0) ? detail::also_relu(ws.act[0]) : detail::gemm_kernel::Finish{};
-    if (output && hidden == 1) {  // layer 0 is the top hidden layer
+    if (output) {  // no ReLU written; with one hidden layer, the logits from this product
       finish0 = detail::gemm_kernel::Finish{};
-      finish0.output = output;
+      if (hidden == 1) finish0.output = output;
     }
     Matrix& pre0 = ws.pre[0];
     pre0.resize(weights_[0].rows(), n);
@@ -304,21 +304,29 @@ class Tower {
 
     for (std::size_t l = 0; l < layers; ++l) {
       if (l > 0) {
-        if (output && l == hidden) break;  // the logits came with the top layer's product
         Matrix& pre = ws.pre[l];
+        if (output) {
+          if (l == hidden) break;  // the logits came with the top layer's product
+          pre.resize(weights_[l].rows(), n);
+          detail::gemm_kernel::Finish finish;
+          if (l + 1 == hidden) finish.output = output;
+          detail::gemm_from_column(pre, biases_[l], weights_[l], ws.pre[l - 1], finish, /*relu_x=*/true);
+          continue;
+        }
         pre.resize(weights_[l].rows(), n);
-        const bool top = l + 1 == hidden;
-        layer_product(l, ws.act[l - 1], pre, (fused && l < hidden && !(output && top)) ? &ws.act[l] : nullptr,
-                      top ? output : nullptr);
+        layer_product(l, ws.act[l - 1], pre, (fused && l < hidden) ? &ws.act[l] : nullptr);
       }
       if (l < hidden && !fused) activate(l, ws);
     }
   }
 
-  // Whether begin_request() reads the logits from the top hidden layer's product: the
-  // top layer runs on the product kernel (at least one vector of units).
+  // Whether begin_request() takes forward_pass()'s request form: every hidden layer runs
+  // on the product kernel (at least one vector of units).
   bool reads_output_from_top() const noexcept {
-    return !hidden_.empty() && weights_[hidden_.size() - 1].rows() >= detail::gemm_kernel::kWidth;
+    if (hidden_.empty()) return false;
+    for (std::size_t l = 0; l < hidden_.size(); ++l)
+      if (weights_[l].rows() < detail::gemm_kernel::kWidth) return false;
+    return true;
   }
 
  public:
@@ -341,9 +349,9 @@ class Tower {
     // output. One buffer per layer, so a warm workspace never reallocates.
     ws.d_pre.resize(layers);
     ws.d_pre[layers - 1] = d_logit;
-    if (ws.top_act_stale) {  // begin_request() read the logits from the top layer's product
-      ws.act[hidden_.size() - 1] = ws.pre[hidden_.size() - 1].cwiseMax(Scalar(0));
-      ws.top_act_stale = false;
+    if (ws.acts_stale) {  // begin_request() wrote no ReLU
+      for (std::size_t l = 0; l < hidden_.size(); ++l) ws.act[l] = ws.pre[l].cwiseMax(Scalar(0));
+      ws.acts_stale = false;
     }
     for (std::size_t l = layers; l-- > 0;) {
       const Matrix& d_pre = ws.d_pre[l];
@@ -412,13 +420,14 @@ class Tower {
   // InputError if there is none) and works on its k = request_size() candidates.
 
   // Starts a request: the no-dropout pass forward(user, items, nullptr, ws), whose
-  // pre-activations and activations stay in ws; its logits (N) into `out`. The request
-  // lasts until the next forward pass on ws. The logits are read from the top hidden
-  // layer's product panel by panel while it is in the first-level cache
-  // (gemm_kernel::OutputLogits), instead of by the output layer's product over that
-  // layer's ReLU, which is then not written (backward() writes it first): forward()'s
-  // logits up to float rounding (the same terms, summed in another order). Against the
-  // ReLU copy and Eigen's product: ~7 ns per candidate on the reference workload.
+  // pre-activations stay in ws; its logits (N) into `out`. The request lasts until the
+  // next forward pass on ws. When every hidden layer runs on the product kernel, the pass
+  // writes no ReLU: each product reads the pre-activation below through its ReLU (one max
+  // per broadcast, on ports the multiply-adds leave free), and the logits are read from
+  // the top hidden layer's product panel by panel while it is in the first-level cache
+  // (gemm_kernel::OutputLogits) instead of by the output layer's product; backward() on
+  // the workspace writes the ReLUs first. The same pre-activations as forward(), and its
+  // logits up to float rounding (the output layer summed in another order).
   void begin_request(ConstMatrixRef user, ConstMatrixRef items, TowerWorkspace& ws, Eigen::Ref<RowVector> out) const {
     detail::gemm_kernel::OutputLogits output;
     forward_pass(user, items, nullptr, ws, &output);
@@ -1074,17 +1083,13 @@ class Tower {
   // (age/model/gemm.hpp), or Eigen's for a layer narrower than one vector (the output
   // logit), where the kernel would fall back to one scalar dot product per candidate.
   // With `act` (pre's shape), also act = ReLU(pre), in the same pass on the kernel.
-  // `output` (a layer on the kernel): also its OutputLogits (begin_request).
   template <class Act = Matrix>
-  void layer_product(std::size_t l, ConstMatrixRef a, MatrixRef pre, Act* act = nullptr,
-                     const detail::gemm_kernel::OutputLogits* output = nullptr) const {
+  void layer_product(std::size_t l, ConstMatrixRef a, MatrixRef pre, Act* act = nullptr) const {
     if (weights_[l].rows() >= detail::gemm_kernel::kWidth) {
-      detail::gemm_kernel::Finish finish = act ? detail::also_relu(*act) : detail::gemm_kernel::Finish{};
-      finish.output = output;
-      detail::gemm_from_column(pre, biases_[l], weights_[l], a, finish);
+      detail::gemm_from_column(pre, biases_[l], weights_[l], a,
+                               act ? detail::also_relu(*act) : detail::gemm_kernel::Finish{});
       return;
     }
-    assert(!output);
     if (weights_[l].rows() == 1) {
       // The output logit: a row vector times the batch, written as one so that Eigen
       // takes its matrix-vector product rather than its general (packing) product.
