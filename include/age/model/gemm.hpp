@@ -124,18 +124,9 @@ struct Start {
   const float* column_values = nullptr;
 };
 
-// What happens to a block of Y while it is still in registers, so that the pass over Y
-// that would follow the product is not needed:
-//   relu_copy:        also R = max(Y, 0), R of Y's shape (the layer's activation next to
-//                     its pre-activation; NaN stays NaN and -0 stays -0, like Eigen's
-//                     cwiseMax(0) on this tower's data)
-//   keep_if_positive: Y = (S > 0) ? Y : 0, S with Y's rows (the input gradient through a
-//                     ReLU, S the pre-activation); Y's column c reads S's column c, or
-//                     column sign_columns[c] when given (candidates kept in place by
-//                     Tower::request_select)
 // The output logit of a tower read from its top hidden layer's product Y = W X + b 1^T
-// (X the ReLU of the layer below, or the input) panel by panel, right after the product
-// wrote each one, while it is in the first-level cache:
+// (X the layer below's ReLU, read through relu_x or stored, or the input) panel by panel,
+// right after the product wrote each one, while it is in the first-level cache:
 //   out[n]    = sum_i w_i ReLU(Y[i, n]) + out_bias
 // (no second pass over Y and no stored ReLU(Y) for the output layer's product) and, with
 // masked_weights, the logit under a dropout mask m shared by the columns (McDropoutTs's
@@ -242,6 +233,15 @@ inline void output_logits(const OutputLogits& o, long m, long nc, long j, const 
   }
 }
 
+// What happens to a block of Y while it is still in registers, so that the pass over Y
+// that would follow the product is not needed:
+//   relu_copy:        also R = max(Y, 0), R of Y's shape (the layer's activation next to
+//                     its pre-activation; NaN stays NaN and -0 stays -0, like Eigen's
+//                     cwiseMax(0) on this tower's data)
+//   keep_if_positive: Y = (S > 0) ? Y : 0, S with Y's rows (the input gradient through a
+//                     ReLU, S the pre-activation); Y's column c reads S's column c, or
+//                     column sign_columns[c] when given (candidates kept in place by
+//                     Tower::request_select)
 struct Finish {
   enum Kind { none, relu_copy, keep_if_positive } kind = none;
   float* relu = nullptr;                 // relu_copy

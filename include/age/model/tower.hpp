@@ -93,7 +93,7 @@ struct TowerRequestScratch {
 struct TowerWorkspace {
   Vector user_pre;             // W_user * user + b0, when the user column is shared
   std::vector<Matrix> pre;     // pre-activation of each layer (last: 1 x N logits)
-  std::vector<Matrix> act;     // ReLU(pre) (.* mask) of each hidden layer
+  std::vector<Matrix> act;     // ReLU(pre) (.* mask) of each hidden layer (see acts_stale)
   std::vector<Matrix> d_pre;   // backward: d(objective)/d(pre-activation) of each layer
   RowVector d_logit;           // upstream gradient scratch of probability_gradient()
   const DropoutMask* mask = nullptr;  // mask of the last forward pass
@@ -264,7 +264,7 @@ class Tower {
     ws.batch = n;
     ws.request.active = false;
     ws.acts_stale = false;
-    if (output && (ws.mask || !reads_output_from_top())) output = nullptr;
+    if (output && (ws.mask || !request_form_applies())) output = nullptr;
     if (output) {
       const std::size_t top = hidden_.size() - 1;
       ws.pre[top + 1].resize(1, n);
@@ -320,9 +320,9 @@ class Tower {
     }
   }
 
-  // Whether begin_request() takes forward_pass()'s request form: every hidden layer runs
-  // on the product kernel (at least one vector of units).
-  bool reads_output_from_top() const noexcept {
+  // Whether begin_request() takes forward_pass()'s request form (no ReLU written): every
+  // hidden layer runs on the product kernel (at least one vector of units).
+  bool request_form_applies() const noexcept {
     if (hidden_.empty()) return false;
     for (std::size_t l = 0; l < hidden_.size(); ++l)
       if (weights_[l].rows() < detail::gemm_kernel::kWidth) return false;
@@ -330,7 +330,6 @@ class Tower {
   }
 
  public:
-
   // Backward pass from d(objective)/d(logit) (one value per column of the last forward).
   // Any of the outputs may be null. d_user is user_dim x N (per candidate, also when the
   // user column was shared), d_items is item_dim x N. Parameter gradients are SUMMED over
@@ -453,7 +452,7 @@ class Tower {
     prepare(rq);
     Scalar s = 0;
     const bool one_pass = mask && !mask->empty() && hidden_.size() == 2 && mask->layers[1].cols() == 1 &&
-                          reads_output_from_top() && changed_units(mask->layers[0], rq, s);
+                          request_form_applies() && changed_units(mask->layers[0], rq, s);
     if (!one_pass) {
       begin_request(user, items, ws, out);
       request_logits(mask, ws, masked_out);
@@ -498,7 +497,6 @@ class Tower {
   }
 
  public:
-
   // Candidates in the request: N, or fewer after request_select().
   Index request_size(const TowerWorkspace& ws) const {
     require_request(ws, "request_size");
