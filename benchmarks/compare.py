@@ -4,8 +4,11 @@ prints one table: ns per candidate for each policy and N, and the ratio peer / a
 
     benchmarks/compare.py --build-dir build-bench [--rounds 3] [--min-time 0.5]
 
-Both binaries run once per round, one after the other, so that a change of machine load
-hits both; every figure is the median over the rounds. CPU time of the process is used
+Every round runs each policy's scoring benchmarks in the three binaries back to back (age,
+age with BLAS, the peer; the order reversed every other round), so that the two sides of a
+ratio are measured seconds apart: on a shared machine the speed drifts by 10-25% over a
+minute, which a binary-after-binary round let into the ratio. Each ratio is the median over
+the rounds of that round's ratio; every other figure is the median over the rounds. CPU time of the process is used
 (the latency of one thread, not disturbed by waiting for the core); the multi-thread
 throughput is wall time. The peer runs on OpenBLAS with one thread; by default with
 OpenBLAS's own choice of kernels for this processor (OPENBLAS_CORETYPE removed from its
@@ -74,6 +77,14 @@ def median(results, name, field):
     return statistics.median(values) if values else None
 
 
+def paired_ratio(num, den, name):
+    """Median over the rounds of num / den, both measured in the same round."""
+    a = num.get(name, {}).get("cpu_ns", [])
+    b = den.get(name, {}).get("cpu_ns", [])
+    ratios = [x / y for x, y in zip(a, b) if y]
+    return statistics.median(ratios) if ratios and len(a) == len(b) else None
+
+
 def fmt_ns(v):
     if v is None:
         return "-"
@@ -114,17 +125,24 @@ def main():
     for r in range(args.rounds):
         print("round %d/%d: age_bench%s, age_torch_peer (load %s)" %
               (r + 1, args.rounds, ", age_bench_blas" if have_blas else "", load_average()), file=sys.stderr)
-        filt = "BM_Score|BM_GemmCeiling|BM_Throughput" + ("|BM_Workspace" if r == 0 else "")
-        d = run(age, filt, args.min_time, base_env)
+        d = run(age, "BM_GemmCeiling|BM_Throughput" + ("|BM_Workspace" if r == 0 else ""), args.min_time, base_env)
         contexts["age"] = d["context"]
         collect(d, age_res)
         if have_blas:
-            d = run(age_blas, "BM_Score|BM_GemmCeiling", args.min_time, blas_env)
+            d = run(age_blas, "BM_GemmCeiling", args.min_time, blas_env)
             contexts["age_blas"] = d["context"]
             collect(d, blas_res)
-        d = run(peer, "BM_Score|BM_TorchGemm", args.min_time, peer_env)
+        d = run(peer, "BM_TorchGemm", args.min_time, peer_env)
         contexts["peer"] = d["context"]
         collect(d, peer_res)
+        # The scoring benchmarks policy by policy, the binaries back to back (see the top).
+        sides = [(age, base_env, age_res)] + ([(age_blas, blas_env, blas_res)] if have_blas else [])
+        sides.append((peer, peer_env, peer_res))
+        if r % 2 == 1:
+            sides.reverse()
+        for p in POLICIES:
+            for binary, env, into in sides:
+                collect(run(binary, "BM_Score/%s/" % p, args.min_time, env), into)
     load_after = load_average()
 
     ctx = contexts["age"]
@@ -134,7 +152,8 @@ def main():
     if have_blas:
         print("age_blas: %s, BLAS %s" % (contexts["age_blas"].get("engine", "?"), contexts["age_blas"].get("blas", "?")))
     print("peer: %s, BLAS %s" % (contexts["peer"].get("engine", "?"), contexts["peer"].get("blas", "?")))
-    print("Medians of %d rounds, min time %gs per benchmark; process CPU time.\n" % (args.rounds, args.min_time))
+    print("Medians of %d rounds, min time %gs per benchmark; process CPU time; each ratio the median of the "
+          "rounds' ratios (the two sides measured seconds apart).\n" % (args.rounds, args.min_time))
 
     # The table.
     header = "| policy | N | age ns/cand | libtorch ns/cand | libtorch / age |"
@@ -152,13 +171,13 @@ def main():
             t = median(peer_res, name, "cpu_ns")
             a = a / n if a is not None else None
             t = t / n if t is not None else None
-            row = {"age_ns": a, "torch_ns": t, "ratio": (t / a if a and t else None)}
+            row = {"age_ns": a, "torch_ns": t, "ratio": paired_ratio(peer_res, age_res, name)}
             cells = [p, str(n), fmt_ns(a)]
             if have_blas:
                 ab = median(blas_res, name, "cpu_ns")
                 ab = ab / n if ab is not None else None
                 row["age_blas_ns"] = ab
-                row["ratio_blas"] = t / ab if ab and t else None
+                row["ratio_blas"] = paired_ratio(peer_res, blas_res, name)
                 cells.append(fmt_ns(ab))
             cells += [fmt_ns(t), "%.2fx" % row["ratio"] if row["ratio"] else "-"]
             if have_blas:
