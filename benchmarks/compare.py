@@ -8,11 +8,12 @@ Every round runs each policy's scoring benchmarks in the three binaries back to 
 age with BLAS, the peer; the order reversed every other round), so that the two sides of a
 ratio are measured seconds apart: on a shared machine the speed drifts by 10-25% over a
 minute, which a binary-after-binary round let into the ratio. Each ratio is the median over
-the rounds of that round's ratio; every other figure is the median over the rounds. CPU time of the process is used
-(the latency of one thread, not disturbed by waiting for the core); the multi-thread
-throughput is wall time. The peer runs on OpenBLAS with one thread; by default with
-OpenBLAS's own choice of kernels for this processor (OPENBLAS_CORETYPE removed from its
-environment), --peer-coretype NAME forces one, --peer-coretype env keeps the caller's.
+the rounds of that round's ratio; every other figure is the median over the rounds. CPU
+time of the process is used (the latency of one thread, not disturbed by waiting for the
+core); the multi-thread throughput is wall time. The peer runs on OpenBLAS with one
+thread; by default with OpenBLAS's own choice of kernels for this processor
+(OPENBLAS_CORETYPE removed from its environment), --peer-coretype NAME forces one,
+--peer-coretype env keeps the caller's.
 If age_bench_blas exists (age built with EIGEN_USE_BLAS against the same BLAS) it gets a
 column too. Also printed: the GEMM ceiling and greedy's fraction of it, AGE-TS+FGM over
 greedy, 1- vs 2-thread throughput, workspace bytes, and the issue's targets, met or not.
