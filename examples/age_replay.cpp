@@ -438,8 +438,8 @@ void diagnose(const Options& o, const StudySetup& setup) {
   StudyModel::Workspace ws;
   McDropoutTs ts;
   McDropoutUcb ucb;
-  McDropoutTs::Workspace<StudyModel> ts_ws;
-  McDropoutUcb::Workspace<StudyModel> ucb_ws;
+  McDropoutTs::Workspace<DefaultEngine<StudyModel>> ts_ws;
+  McDropoutUcb::Workspace<DefaultEngine<StudyModel>> ucb_ws;
   std::vector<double> d_ts, d_ucb, grad, gap, emb, pbar;
   std::vector<std::size_t> vanilla_pick(probes);
   for (std::uint64_t i = 0; i < probes; ++i) {
@@ -470,12 +470,13 @@ void diagnose(const Options& o, const StudySetup& setup) {
       const Index n = it.cols();
       p.resize(n);
       d.resize(n);
-      predict_probabilities(model, u, it, nullptr, ws, p);
+      RequestSession<StudyModel> session(model, Request{u, it});
+      p = session.base();
       Rng r1(7, i);
-      ts.compute(model, u, it, p, r1, ws, ts_ws, d);
+      ts.compute(session.engine(), p, r1, ts_ws, d);
       for (Index c = 0; c < n; ++c) d_ts.push_back(std::abs(d[c]));
       Rng r2(8, i);
-      ucb.compute(model, u, it, p, r2, ws, ucb_ws, d);
+      ucb.compute(session.engine(), p, r2, ucb_ws, d);
       for (Index c = 0; c < n; ++c) d_ucb.push_back(d[c]);
       model.probability_gradient(u, it, nullptr, ws, p, &g);
       for (Index c = 0; c < n; ++c) {

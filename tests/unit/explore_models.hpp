@@ -8,6 +8,8 @@
 #include <utility>
 
 #include "age/core/types.hpp"
+#include "age/explore/engine.hpp"
+#include "age/explore/perturbation.hpp"
 #include "age/model/ctr_model.hpp"
 #include "age/model/dropout.hpp"
 #include "age/model/tower.hpp"
@@ -142,6 +144,44 @@ Vector fd_probability_gradient(const M& model, const Matrix& user, const Matrix&
       g[di + j] = static_cast<Scalar>((plus - minus) / (2 * h));
     }
   return g;
+}
+
+// A perturbation policy's step on one request outside the scorer: the no-dropout
+// probabilities the engine's first pass gave, and the explored ones. On the plain engine
+// (the default of plain_move) the policy always leaves its move in ws.d_items / ws.d_user.
+struct Explored {
+  RowVector base, explored;
+  bool moved = false;  // some radius lambda' |delta_n| is > 0
+};
+template <class E, class P, CtrModel M>
+Explored explore_on(const P& policy, const M& model, const Matrix& user, const Matrix& items,
+                    const RowVector& delta, Rng& rng, MoveWorkspace& ws) {
+  RequestSession<M, E> session(model, Request{user, items});
+  Explored out{session.base(), RowVector(items.cols()), false};
+  policy.explore(session.engine(), session.base(), delta, rng, ws, out.explored);
+  out.moved = (ws.radius.head(items.cols()).array() > 0).any();
+  return out;
+}
+template <class P, CtrModel M>
+Explored plain_move(const P& policy, const M& model, const Matrix& user, const Matrix& items, const RowVector& delta,
+                    Rng& rng, MoveWorkspace& ws) {
+  return explore_on<PlainEngine<M>>(policy, model, user, items, delta, rng, ws);
+}
+template <class P, CtrModel M>
+Explored explore(const P& policy, const M& model, const Matrix& user, const Matrix& items, const RowVector& delta,
+                 Rng& rng, MoveWorkspace& ws) {
+  return explore_on<DefaultEngine<M>>(policy, model, user, items, delta, rng, ws);
+}
+
+// An uncertainty policy's step on one request outside the scorer, with the given `base`
+// (the default engine; ws is U::Workspace<DefaultEngine<M>>).
+template <class M>
+using EngineOf = DefaultEngine<M>;
+template <class U, CtrModel M, class W>
+void compute_uncertainty(const U& u, const M& model, ConstMatrixRef user, ConstMatrixRef items,
+                         Eigen::Ref<const RowVector> base, Rng& rng, W& ws, Eigen::Ref<RowVector> delta) {
+  RequestSession<M> session(model, Request{user, items});
+  u.compute(session.engine(), base, rng, ws, delta);
 }
 
 inline double cosine(const Vector& a, const Vector& b) {

@@ -44,8 +44,8 @@ static_assert(!CtrModel<LegacyEngine> && LogitModel<LegacyEngine>);
 static_assert(DropoutCtrModel<FiniteDifferenceModel<LegacyEngine>>);
 static_assert(CtrModel<FiniteDifferenceModel<PlainBlackBox>> && !DropoutCtrModel<FiniteDifferenceModel<PlainBlackBox>>);
 // MC-Dropout needs masks: a model without them is refused at compile time, not given delta 0.
-static_assert(!UncertaintyPolicy<McDropoutTs, FiniteDifferenceModel<PlainBlackBox>>);
-static_assert(UncertaintyPolicy<GaussianNoise, FiniteDifferenceModel<PlainBlackBox>>);
+static_assert(!UncertaintyPolicy<McDropoutTs, DefaultEngine<FiniteDifferenceModel<PlainBlackBox>>>);
+static_assert(UncertaintyPolicy<GaussianNoise, DefaultEngine<FiniteDifferenceModel<PlainBlackBox>>>);
 static_assert(Explorer<AgeTs<FactorizationMachine>> && Explorer<AgeUcb<FiniteDifferenceModel<LegacyEngine>>>);
 
 TEST_CASE("the factorization machine's analytic gradient matches finite differences", "[custom-model]") {
@@ -198,9 +198,8 @@ TEST_CASE("the example's models are explored by AgeScorer", "[custom-model]") {
     // The adapter's gradient points where the engine's score rises: compare with a direct
     // finite-difference probe of the engine along the move.
     MoveWorkspace ws;
-    FiniteDifferenceModel<LegacyEngine>::Workspace model_ws;
     Rng stream(1);
-    Fgm{.lambda = 1.0}.move(adapted, user, items, out.delta, stream, model_ws, ws);
+    test::plain_move(Fgm{.lambda = 1.0}, adapted, user, items, out.delta, stream, ws);
     for (Index n = 0; n < 6; ++n) {
       const Vector g = test::fd_probability_gradient(adapted, user, items, n, 1e-3);
       CHECK(test::cosine(ws.d_items.col(n), g) > 0.999);

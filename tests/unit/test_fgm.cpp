@@ -29,13 +29,12 @@ struct Fixture {
 TEST_CASE("FGM moves along the finite-difference gradient by lambda' * |delta_y|", "[fgm]") {
   Fixture f;
   const double lambda = 0.05;
-  TowerWorkspace model_ws;
   MoveWorkspace ws;
   Rng rng(1);
 
   SECTION("item part") {
     const Fgm fgm{lambda};
-    REQUIRE(fgm.move(f.tower, f.user, f.items, f.delta, rng, model_ws, ws));
+    REQUIRE(test::plain_move(fgm, f.tower, f.user, f.items, f.delta, rng, ws).moved);
     REQUIRE(ws.d_items.rows() == 5);
     REQUIRE(ws.d_items.cols() == 6);
     for (Index n = 0; n < 6; ++n) {
@@ -48,7 +47,7 @@ TEST_CASE("FGM moves along the finite-difference gradient by lambda' * |delta_y|
   }
   SECTION("whole input: user and item parts move together, one radius") {
     const Fgm fgm{lambda, PerturbTarget::whole_input};
-    REQUIRE(fgm.move(f.tower, f.user, f.items, f.delta, rng, model_ws, ws));
+    REQUIRE(test::plain_move(fgm, f.tower, f.user, f.items, f.delta, rng, ws).moved);
     REQUIRE(ws.d_user.rows() == 3);
     REQUIRE(ws.d_user.cols() == 6);
     for (Index n = 0; n < 6; ++n) {
@@ -64,12 +63,12 @@ TEST_CASE("FGM moves along the finite-difference gradient by lambda' * |delta_y|
 TEST_CASE("FGM raises the score for a positive delta and lowers it for a negative one", "[fgm]") {
   Fixture f;
   const Fgm fgm{0.05};
-  TowerWorkspace model_ws;
   MoveWorkspace ws;
   Rng rng(1);
-  RowVector base(6), explored(6);
-  predict_probabilities(f.tower, f.user, f.items, nullptr, model_ws, base);
-  fgm.explore(f.tower, f.user, f.items, base, f.delta, rng, model_ws, ws, explored);
+  // The plain engine, which leaves the move in ws for the check below.
+  const test::Explored e = test::plain_move(fgm, f.tower, f.user, f.items, f.delta, rng, ws);
+  const RowVector& base = e.base;
+  const RowVector& explored = e.explored;
   for (Index n = 0; n < 6; ++n) {
     INFO("candidate " << n);
     if (f.delta[n] > 0)
@@ -84,25 +83,27 @@ TEST_CASE("FGM raises the score for a positive delta and lowers it for a negativ
 
 TEST_CASE("FGM: a zero gradient or a zero delta gives no move and no NaN", "[fgm]") {
   Fixture f;
-  TowerWorkspace model_ws;
   MoveWorkspace ws;
   Rng rng(1);
-  RowVector base(6), explored(6);
 
   SECTION("zero gradient: a tower whose weights are all zero") {
     const Tower flat(3, 5, {4});  // constructed, never initialised: all parameters 0
-    predict_probabilities(flat, f.user, f.items, nullptr, model_ws, base);
-    Fgm{0.05}.explore(flat, f.user, f.items, base, f.delta, rng, model_ws, ws, explored);
+    const test::Explored e = test::plain_move(Fgm{0.05}, flat, f.user, f.items, f.delta, rng, ws);
     CHECK(ws.d_items.isZero(0));
     CHECK(ws.d_items.allFinite());
-    CHECK(explored == base);
+    CHECK(e.explored == e.base);
+    // The request passes' one-pass form: no move either.
+    const test::Explored r = test::explore(Fgm{0.05}, flat, f.user, f.items, f.delta, rng, ws);
+    CHECK(r.explored == r.base);
   }
-  SECTION("zero delta: explored is exactly the base") {
+  SECTION("zero delta: explored is exactly the base, on both engines") {
     RowVector zero = RowVector::Zero(6);
-    predict_probabilities(f.tower, f.user, f.items, nullptr, model_ws, base);
-    CHECK_FALSE(Fgm{0.05}.move(f.tower, f.user, f.items, zero, rng, model_ws, ws));
-    Fgm{0.05}.explore(f.tower, f.user, f.items, base, zero, rng, model_ws, ws, explored);
-    CHECK(explored == base);
+    const test::Explored e = test::plain_move(Fgm{0.05}, f.tower, f.user, f.items, zero, rng, ws);
+    CHECK_FALSE(e.moved);
+    CHECK(e.explored == e.base);
+    CHECK(ws.d_items.leftCols(6).isZero(0));
+    const test::Explored r = test::explore(Fgm{0.05}, f.tower, f.user, f.items, zero, rng, ws);
+    CHECK(r.explored == r.base);
   }
 }
 
@@ -121,10 +122,9 @@ TEST_CASE("without g~: a random unit direction of the same length, uncorrelated 
   RowVector delta = RowVector::Constant(n, 0.2f);
   delta.tail(n / 2).setConstant(-0.2f);
   const double lambda = 0.05;
-  TowerWorkspace model_ws;
   MoveWorkspace ws;
   Rng rng(5);
-  REQUIRE(RandomDirection{lambda}.move(f.tower, f.user, items, delta, rng, model_ws, ws));
+  REQUIRE(test::plain_move(RandomDirection{lambda}, f.tower, f.user, items, delta, rng, ws).moved);
   const Vector g = test::fd_probability_gradient(f.tower, f.user, items, 0, 1e-3);
   double sum_cos = 0.0, sum_cos2 = 0.0;
   for (Index i = 0; i < n; ++i) {
@@ -142,6 +142,6 @@ TEST_CASE("without g~: a random unit direction of the same length, uncorrelated 
   // Same stream, same directions.
   MoveWorkspace again;
   Rng rng2(5);
-  RandomDirection{lambda}.move(f.tower, f.user, items, delta, rng2, model_ws, again);
+  test::plain_move(RandomDirection{lambda}, f.tower, f.user, items, delta, rng2, again);
   CHECK(again.d_items == ws.d_items);
 }

@@ -8,6 +8,7 @@
 #include "age/explore/uncertainty.hpp"
 #include "age/model/sigmoid.hpp"
 #include "age/model/tower.hpp"
+#include "explore_models.hpp"
 
 using namespace age;
 
@@ -51,8 +52,7 @@ TEST_CASE("TS deltas are signed, with the mean and spread of the exact dropout d
   const double c = 0.5, b = -5.0;
   const Tower tower = identical_units(h, static_cast<Scalar>(c), static_cast<Scalar>(b));
   const Matrix user = Matrix::Zero(1, 1);
-  TowerWorkspace model_ws;
-  McDropoutTs::Workspace<Tower> ws;
+  McDropoutTs::Workspace<test::EngineOf<Tower>> ws;
 
   for (const double p : {0.1, 0.01}) {
     // Exact distribution of delta = sigmoid(z_M) - sigmoid(z).
@@ -73,7 +73,7 @@ TEST_CASE("TS deltas are signed, with the mean and spread of the exact dropout d
     Rng rng(42, 7);
     const McDropoutTs ts{p, /*per_candidate_masks=*/true};
     ts.validate();
-    ts.compute(tower, user, items, base_row, rng, model_ws, ws, delta);
+    test::compute_uncertainty(ts, tower, user, items, base_row, rng, ws, delta);
     const Moments got = moments(delta);
     INFO("p = " << p << ": exact mean " << mean << " sd " << sd << ", sampled mean " << got.mean << " sd " << got.sd);
     // Mean within 4 standard errors; the sample sd within 5% (its relative standard error
@@ -91,17 +91,16 @@ TEST_CASE("TS: a shared mask is one draw for the whole request, per-candidate ma
   const Matrix user = Matrix::Zero(1, 1);
   const Matrix items = Matrix::Ones(1, 64);
   const RowVector base = RowVector::Constant(64, static_cast<Scalar>(sig(0.0)));
-  TowerWorkspace model_ws;
-  McDropoutTs::Workspace<Tower> ws;
+  McDropoutTs::Workspace<test::EngineOf<Tower>> ws;
   RowVector delta(64);
 
   Rng rng(1, 2);
-  McDropoutTs{0.1}.compute(tower, user, items, base, rng, model_ws, ws, delta);
+  test::compute_uncertainty(McDropoutTs{0.1}, tower, user, items, base, rng, ws, delta);
   CHECK(ws.mask.columns() == 1);
   CHECK((delta.array() == delta[0]).all());
 
   Rng rng2(1, 2);
-  McDropoutTs{0.1, true}.compute(tower, user, items, base, rng2, model_ws, ws, delta);
+  test::compute_uncertainty(McDropoutTs{0.1, true}, tower, user, items, base, rng2, ws, delta);
   CHECK(ws.mask.columns() == 64);
   CHECK(delta.minCoeff() < delta.maxCoeff());
 
@@ -110,7 +109,7 @@ TEST_CASE("TS: a shared mask is one draw for the whole request, per-candidate ma
   const int requests = 3000;
   for (int r = 0; r < requests; ++r) {
     Rng stream(9, static_cast<std::uint64_t>(r));
-    McDropoutTs{0.1}.compute(tower, user, items.leftCols(2), base.head(2), stream, model_ws, ws, delta.head(2));
+    test::compute_uncertainty(McDropoutTs{0.1}, tower, user, items.leftCols(2), base.head(2), stream, ws, delta.head(2));
     mean += delta[0] / requests;
   }
   double exact = 0.0, second = 0.0;
@@ -122,39 +121,46 @@ TEST_CASE("TS: a shared mask is one draw for the whole request, per-candidate ma
   CHECK(std::abs(mean - exact) < 4.0 * std::sqrt((second - exact * exact) / requests));
 }
 
-TEST_CASE("TS in two halves: the same mask draws and deltas as compute_request", "[mc-dropout]") {
-  // sample_request_mask() + begin_request(..., mask, ...) + delta_from_masked_logits(), the
-  // AGE scorer's one-pass form, against compute_request() on a request started plainly:
-  // the same draws from the request's stream (the next draw agrees too) and the same
-  // delta_y up to float rounding, shared and per-candidate masks.
+TEST_CASE("TS in two halves: the same mask draws and deltas as compute()", "[mc-dropout]") {
+  // sample_first_pass_mask() + the engine's begin(..., mask, ...) + delta_from_masked_logits(),
+  // the AGE scorer's one-pass form, against compute() on a request begun plainly: the same
+  // draws from the request's stream (the next draw agrees too) and the same delta_y up to
+  // float rounding, shared and per-candidate masks, on both engines.
   Rng init(17);
   Tower tower(5, 7, {48, 32});
   tower.initialize(init);
   const Index n = 11;
   const Matrix user = Matrix::Random(5, 1), items = Matrix::Random(7, n);
-  for (bool per_candidate : {false, true}) {
-    INFO("per-candidate masks " << per_candidate);
-    const McDropoutTs ts{.rate = 0.05, .per_candidate_masks = per_candidate};
-    TowerWorkspace ws_split, ws_whole;
-    McDropoutTs::Workspace<Tower> u_split, u_whole;
-    RowVector base_split(n), base_whole(n), delta_split(n), delta_whole(n);
-    for (std::uint64_t request = 0; request < 20; ++request) {
-      Rng split(3, request), whole(3, request);
-      const DropoutMask& mask = ts.sample_request_mask(tower, n, split, u_split);
-      tower.begin_request(user, items, ws_split, base_split, &mask, delta_split);
-      sigmoid_in_place(base_split);
-      ts.delta_from_masked_logits(base_split, delta_split);
+  const Request request{user, items};
+  auto check = [&]<class E>() {
+    for (bool per_candidate : {false, true}) {
+      INFO("per-candidate masks " << per_candidate << ", request passes " << E::uses_request_passes);
+      const McDropoutTs ts{.rate = 0.05, .per_candidate_masks = per_candidate};
+      typename E::Workspace ws_split, ws_whole;
+      McDropoutTs::Workspace<E> u_split, u_whole;
+      E split_engine(tower, ws_split), whole_engine(tower, ws_whole);
+      RowVector base_split(n), base_whole(n), delta_split(n), delta_whole(n);
+      for (std::uint64_t r = 0; r < 20; ++r) {
+        Rng split(3, r), whole(3, r);
+        const DropoutMask& mask = ts.sample_first_pass_mask(split_engine, n, split, u_split);
+        split_engine.begin(request, base_split, mask, delta_split);
+        sigmoid_in_place(base_split);
+        ts.delta_from_masked_logits(base_split, delta_split);
 
-      tower.begin_request(user, items, ws_whole, base_whole);
-      sigmoid_in_place(base_whole);
-      ts.compute_request(tower, base_whole, whole, ws_whole, u_whole, delta_whole);
+        whole_engine.begin(request, base_whole);
+        sigmoid_in_place(base_whole);
+        ts.compute(whole_engine, base_whole, whole, u_whole, delta_whole);
 
-      CHECK(base_split == base_whole);
-      CHECK((delta_split - delta_whole).cwiseAbs().maxCoeff() < 1e-6f);
-      CHECK(u_split.mask.layers[0] == u_whole.mask.layers[0]);
-      CHECK(split() == whole());
+        CHECK(base_split == base_whole);
+        CHECK((delta_split - delta_whole).cwiseAbs().maxCoeff() < 1e-6f);
+        CHECK(u_split.mask.layers[0] == u_whole.mask.layers[0]);
+        CHECK(split() == whole());
+      }
     }
-  }
+  };
+  static_assert(RequestPassEngine<Tower>::masked_first_pass);
+  check.operator()<RequestPassEngine<Tower>>();
+  check.operator()<PlainEngine<Tower>>();
 }
 
 TEST_CASE("dropout acts on theta only: a tower without hidden units has no uncertainty", "[mc-dropout]") {
@@ -162,11 +168,11 @@ TEST_CASE("dropout acts on theta only: a tower without hidden units has no uncer
   Tower linear(2, 3, {});
   linear.initialize(rng);
   const Matrix user = Matrix::Random(2, 1), items = Matrix::Random(3, 5);
-  TowerWorkspace model_ws;
   RowVector base(5), delta(5);
+  TowerWorkspace model_ws;
   predict_probabilities(linear, user, items, nullptr, model_ws, base);
-  McDropoutTs::Workspace<Tower> ws;
-  McDropoutTs{0.5}.compute(linear, user, items, base, rng, model_ws, ws, delta);
+  McDropoutTs::Workspace<test::EngineOf<Tower>> ws;
+  test::compute_uncertainty(McDropoutTs{0.5}, linear, user, items, base, rng, ws, delta);
   CHECK(delta.isZero(0));
 }
 
@@ -186,12 +192,11 @@ TEST_CASE("UCB is the mean squared deviation around the NO-dropout prediction", 
   const Index n = 2000;
   const Matrix user = Matrix::Zero(1, 1), items = Matrix::Ones(1, n);
   const RowVector base = RowVector::Constant(n, static_cast<Scalar>(centre));
-  TowerWorkspace model_ws;
-  McDropoutUcb::Workspace<Tower> ws;
+  McDropoutUcb::Workspace<test::EngineOf<Tower>> ws;
   RowVector delta(n), rooted(n);
   const McDropoutUcb ucb{0.5, 20, false, /*per_candidate_masks=*/true};
   Rng rng(5, 1);
-  ucb.compute(tower, user, items, base, rng, model_ws, ws, delta);
+  test::compute_uncertainty(ucb, tower, user, items, base, rng, ws, delta);
   CHECK(delta.minCoeff() >= 0);
   // 40000 squared deviations (sd 0.155): the mean's standard error is below 1e-3.
   const double mean = moments(delta).mean;
@@ -201,7 +206,7 @@ TEST_CASE("UCB is the mean squared deviation around the NO-dropout prediction", 
 
   // The sqrt option is the root of the same samples.
   Rng rng2(5, 1);
-  McDropoutUcb{0.5, 20, true, true}.compute(tower, user, items, base, rng2, model_ws, ws, rooted);
+  test::compute_uncertainty(McDropoutUcb{0.5, 20, true, true}, tower, user, items, base, rng2, ws, rooted);
   CHECK((rooted - delta.cwiseSqrt()).cwiseAbs().maxCoeff() < 1e-7f);
 }
 
@@ -220,25 +225,24 @@ TEST_CASE("without delta_y: Gaussian noise of the request's TS scale, or of a fi
   const Index n = 20000;
   const Matrix user = Matrix::Zero(1, 1), items = Matrix::Ones(1, n);
   const RowVector base = RowVector::Constant(n, static_cast<Scalar>(sig(0.0)));
-  TowerWorkspace model_ws;
   RowVector ts_delta(n), noise(n);
 
   SECTION("matched scale: the RMS of the TS deltas the same stream gives") {
-    McDropoutTs::Workspace<Tower> ts_ws;
+    McDropoutTs::Workspace<test::EngineOf<Tower>> ts_ws;
     Rng rng(8, 8);
-    McDropoutTs{0.1, true}.compute(tower, user, items, base, rng, model_ws, ts_ws, ts_delta);
+    test::compute_uncertainty(McDropoutTs{0.1, true}, tower, user, items, base, rng, ts_ws, ts_delta);
     const double rms = std::sqrt(static_cast<double>(ts_delta.squaredNorm()) / n);
-    GaussianNoise::Workspace<Tower> ws;
+    GaussianNoise::Workspace<test::EngineOf<Tower>> ws;
     Rng rng2(8, 8);
-    GaussianNoise{0.1, true}.compute(tower, user, items, base, rng2, model_ws, ws, noise);
+    test::compute_uncertainty(GaussianNoise{0.1, true}, tower, user, items, base, rng2, ws, noise);
     const Moments m = moments(noise);
     CHECK(std::abs(m.mean) < 4.0 * rms / std::sqrt(static_cast<double>(n)));
     CHECK(m.sd == Approx(rms).epsilon(0.03));
   }
   SECTION("fixed scale") {
-    GaussianNoise::Workspace<Tower> ws;
+    GaussianNoise::Workspace<test::EngineOf<Tower>> ws;
     Rng rng(8, 9);
-    GaussianNoise{0.01, false, 0.05}.compute(tower, user, items, base, rng, model_ws, ws, noise);
+    test::compute_uncertainty(GaussianNoise{0.01, false, 0.05}, tower, user, items, base, rng, ws, noise);
     const Moments m = moments(noise);
     CHECK(std::abs(m.mean) < 4.0 * 0.05 / std::sqrt(static_cast<double>(n)));
     CHECK(m.sd == Approx(0.05).epsilon(0.03));

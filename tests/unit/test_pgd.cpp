@@ -44,7 +44,6 @@ TEST_CASE("PGD never leaves the ball", "[pgd]") {
   RowVector delta(50);
   for (Index i = 0; i < 50; ++i) delta[i] = static_cast<Scalar>(rng.normal(0.0, 0.3));
   const double lambda = 0.5;
-  TowerWorkspace model_ws;
   MoveWorkspace ws;
 
   for (const bool whole : {false, true})
@@ -54,7 +53,7 @@ TEST_CASE("PGD never leaves the ball", "[pgd]") {
           const Pgd pgd{lambda, whole ? PerturbTarget::whole_input : PerturbTarget::items, steps, scale, start};
           pgd.validate();
           Rng stream(9);
-          pgd.move(tower, user, items, delta, stream, model_ws, ws);
+          test::plain_move(pgd, tower, user, items, delta, stream, ws);
           for (Index n = 0; n < 50; ++n) {
             INFO("whole " << whole << " start " << start << " scale " << scale << " steps " << steps << " n " << n);
             const double eps = lambda * std::abs(delta[n]);
@@ -72,13 +71,11 @@ TEST_CASE("PGD reaches a higher f than FGM at the same radius on a curved model"
   const Matrix items = random_matrix(rng, 4, n) * Scalar(0.3);
   const RowVector delta = RowVector::Constant(n, 1.0f);
   const double lambda = 0.4;  // eps = 0.4
-  test::QuadraticModel::Workspace model_ws;
   MoveWorkspace ws;
-  RowVector base(n), fgm(n), pgd(n);
-  predict_probabilities(model, user, items, nullptr, model_ws, base);
   Rng stream(1);
-  Fgm{lambda}.explore(model, user, items, base, delta, stream, model_ws, ws, fgm);
-  Pgd{lambda}.explore(model, user, items, base, delta, stream, model_ws, ws, pgd);  // T = 3, alpha = 2.5 eps / 3
+  const RowVector fgm = test::explore(Fgm{lambda}, model, user, items, delta, stream, ws).explored;
+  // T = 3, alpha = 2.5 eps / 3
+  const RowVector pgd = test::explore(Pgd{lambda}, model, user, items, delta, stream, ws).explored;
   int strictly_higher = 0;
   double mean_gain = 0.0;
   for (Index i = 0; i < n; ++i) {
@@ -99,17 +96,16 @@ TEST_CASE("PGD with T = 1 and alpha = radius is FGM", "[pgd]") {
   const Matrix items = random_matrix(rng, 6, 20);
   RowVector delta(20);
   for (Index i = 0; i < 20; ++i) delta[i] = static_cast<Scalar>(rng.normal(0.0, 0.3));
-  TowerWorkspace model_ws;
   MoveWorkspace fgm_ws, pgd_ws;
   Rng stream(1);
   for (const bool whole : {false, true}) {
     const PerturbTarget target = whole ? PerturbTarget::whole_input : PerturbTarget::items;
-    Fgm{0.1, target}.move(tower, user, items, delta, stream, model_ws, fgm_ws);
-    Pgd{0.1, target, 1, 1.0}.move(tower, user, items, delta, stream, model_ws, pgd_ws);
+    test::plain_move(Fgm{0.1, target}, tower, user, items, delta, stream, fgm_ws);
+    test::plain_move(Pgd{0.1, target, 1, 1.0}, tower, user, items, delta, stream, pgd_ws);
     CHECK((pgd_ws.d_items - fgm_ws.d_items).cwiseAbs().maxCoeff() < 1e-7f);
     if (whole) CHECK((pgd_ws.d_user - fgm_ws.d_user).cwiseAbs().maxCoeff() < 1e-7f);
     // A longer single step is projected back onto the same point.
-    Pgd{0.1, target, 1, 2.5}.move(tower, user, items, delta, stream, model_ws, pgd_ws);
+    test::plain_move(Pgd{0.1, target, 1, 2.5}, tower, user, items, delta, stream, pgd_ws);
     CHECK((pgd_ws.d_items - fgm_ws.d_items).cwiseAbs().maxCoeff() < 1e-6f);
   }
 }
@@ -122,11 +118,10 @@ TEST_CASE("PGD on a model linear in h stays on the FGM point, a negative delta f
   const Matrix items = random_matrix(rng, 4, 3);
   RowVector delta(3);
   delta << 0.5f, -0.5f, 0.25f;
-  test::QuadraticModel::Workspace model_ws;
   MoveWorkspace fgm_ws, pgd_ws;
   Rng stream(1);
-  Fgm{0.2}.move(linear, user, items, delta, stream, model_ws, fgm_ws);
-  Pgd{0.2, PerturbTarget::items, 5}.move(linear, user, items, delta, stream, model_ws, pgd_ws);
+  test::plain_move(Fgm{0.2}, linear, user, items, delta, stream, fgm_ws);
+  test::plain_move(Pgd{0.2, PerturbTarget::items, 5}, linear, user, items, delta, stream, pgd_ws);
   CHECK((pgd_ws.d_items - fgm_ws.d_items).cwiseAbs().maxCoeff() < 1e-6f);
   // Candidate 1 has the negative delta: its move points against b (the gradient's direction).
   CHECK(test::cosine(pgd_ws.d_items.col(1), linear.b) == Approx(-1.0).margin(1e-6));

@@ -286,13 +286,17 @@ TEST_CASE("StudyModel's cached MC-Dropout pass equals the tower under the same m
   CHECK((fast - slow).cwiseAbs().maxCoeff() < 1e-5f);
   // The MC-Dropout policies give the same delta_y through either model.
   McDropoutUcb ucb;
-  McDropoutUcb::Workspace<StudyModel> uws;
-  McDropoutUcb::Workspace<EmbeddingCtrModel> ews;
+  McDropoutUcb::Workspace<DefaultEngine<StudyModel>> uws;
+  McDropoutUcb::Workspace<DefaultEngine<EmbeddingCtrModel>> ews;
   RowVector d1(37), d2(37);
   sm.logits(user, items, nullptr, ws, base);
   for (Index i = 0; i < base.size(); ++i) base[i] = sigmoid(base[i]);
   Rng r1(4, 4), r2(4, 4);
-  ucb.compute(sm, user, items, base, r1, ws, uws, d1);
-  ucb.compute(model, user, items, base, r2, tws, ews, d2);
+  {
+    RequestSession<StudyModel> a(sm, Request{user, items});
+    ucb.compute(a.engine(), base, r1, uws, d1);
+    RequestSession<EmbeddingCtrModel> b(model, Request{user, items});
+    ucb.compute(b.engine(), base, r2, ews, d2);
+  }
   CHECK((d1 - d2).cwiseAbs().maxCoeff() <= 1e-6f + 1e-3f * d2.cwiseAbs().maxCoeff());
 }

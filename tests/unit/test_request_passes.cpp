@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "age/model/embedding_model.hpp"
+#include "age/model/ctr_model.hpp"
 #include "age/model/tower.hpp"
 
 using namespace age;

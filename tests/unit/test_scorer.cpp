@@ -85,11 +85,10 @@ TEST_CASE("AGE-TS end to end: breakdown, explored scores, ranking and top-k", "[
   CHECK((out.base - predicted).cwiseAbs().maxCoeff() < 1e-6f);
 
   // 2. delta = MC-Dropout TS with the request's uncertainty stream.
-  TowerWorkspace tws;
   RowVector delta(n);
-  McDropoutTs::Workspace<EmbeddingCtrModel> ts_ws;
+  McDropoutTs::Workspace<DefaultEngine<EmbeddingCtrModel>> ts_ws;
   Rng u_rng = scorer.uncertainty_rng(77);
-  McDropoutTs{0.1}.compute(w.model, w.user, w.items, out.base, u_rng, tws, ts_ws, delta);
+  test::compute_uncertainty(McDropoutTs{0.1}, w.model, w.user, w.items, out.base, u_rng, ts_ws, delta);
   // The scorer's masked pass reuses the no-dropout one (request passes): float rounding.
   CHECK((out.delta - delta).cwiseAbs().maxCoeff() < 1e-6f);
   CHECK(out.delta.minCoeff() < 0);  // signed
@@ -100,10 +99,9 @@ TEST_CASE("AGE-TS end to end: breakdown, explored scores, ranking and top-k", "[
   DguGate::Workspace g_ws;
   DguGate(w.dgu).evaluate(w.model, request, out.base, g_ws, gate);
   CHECK(out.gate == gate);
-  RowVector all_moved(n);
   MoveWorkspace m_ws;
   Rng p_rng = scorer.perturbation_rng(77);
-  Pgd{.lambda = 20}.explore(w.model, w.user, w.items, out.base, out.delta, p_rng, tws, m_ws, all_moved);
+  const RowVector all_moved = test::explore(Pgd{.lambda = 20}, w.model, w.user, w.items, out.delta, p_rng, m_ws).explored;
   int open = 0;
   for (Index i = 0; i < n; ++i) {
     if (gate[static_cast<std::size_t>(i)]) {
@@ -251,8 +249,9 @@ TEST_CASE("the paper's ablation arms build and behave as configured", "[scorer]"
 TEST_CASE("whole-input perturbation and per-candidate users go through the scorer", "[scorer]") {
   const World w;
   const AgeTsWithoutGate<EmbeddingCtrModel> items_only(w.model, {}, McDropoutTs{0.1}, Pgd{.lambda = 0.5}, 1);
-  const AgeTsWithoutGate<EmbeddingCtrModel> whole(w.model, {}, McDropoutTs{0.1},
-                                                  Pgd{.lambda = 0.5, .target = PerturbTarget::whole_input}, 1);
+  // The whole input moves on the plain engine (the request passes move the item part only).
+  const AgeScorer<EmbeddingCtrModel, McDropoutTs, Pgd, AlwaysOpen, PlainEngine<EmbeddingCtrModel>> whole(
+      w.model, {}, McDropoutTs{0.1}, Pgd{.lambda = 0.5, .target = PerturbTarget::whole_input}, 1);
   const ScoredRequest a = items_only.score(w.request(5));
   const ScoredRequest b = whole.score(w.request(5));
   // Same uncertainty stream; items_only reuses its no-dropout pass (request passes) and
@@ -371,8 +370,15 @@ struct PlainPasses {
 };
 
 static_assert(CtrModel<PlainPasses<EmbeddingCtrModel>> && !RequestPassModel<PlainPasses<EmbeddingCtrModel>>);
-static_assert(AgeTs<EmbeddingCtrModel>::has_request_passes && AgeUcbFgm<Tower>::has_request_passes);
-static_assert(!AgeTs<PlainPasses<EmbeddingCtrModel>>::has_request_passes);
+static_assert(AgeTs<EmbeddingCtrModel>::uses_request_passes && AgeUcbFgm<Tower>::uses_request_passes);
+static_assert(!AgeTs<PlainPasses<EmbeddingCtrModel>>::uses_request_passes);
+static_assert(has_request_passes_v<Tower> && !has_request_passes_v<PlainPasses<EmbeddingCtrModel>>);
+// Every optional shortcut of the tower reaches the engine.
+static_assert(RequestPassEngine<EmbeddingCtrModel>::masked_first_pass &&
+              RequestPassEngine<EmbeddingCtrModel>::normalized_moves);
+// A policy written against the engine concept takes the request passes too: the fast path
+// depends on the model only (the scorer's engine), not on which policies are plugged in.
+static_assert(AgeScorer<Tower, GaussianNoise, RandomDirection, AlwaysOpen>::uses_request_passes);
 
 // Scores `request` with the request-pass scorer and with the same scorer over the plain
 // passes; both, with and without gathering the open candidates, must agree.
@@ -421,10 +427,23 @@ TEST_CASE("the request passes give the plain path's scores", "[scorer]") {
     const Matrix users = w.user.replicate(1, w.items.cols());
     check_same_as_plain(w, dgu, McDropoutTs{0.1}, Pgd{.lambda = 5}, Request{users, w.items, 31});
   }
-  SECTION("the whole input moves: the plain path, at run time") {
+  SECTION("the whole input moves: only an engine that moves the user part takes it") {
     const Pgd whole{.lambda = 5, .target = PerturbTarget::whole_input};
-    CHECK_FALSE(whole.request_ready());
-    check_same_as_plain(w, dgu, McDropoutTs{0.1}, whole, request);
+    CHECK(whole.moves_user());
+    CHECK_THROWS_AS((AgeTs<EmbeddingCtrModel>(w.model, dgu, McDropoutTs{0.1}, whole)), ConfigError);
+    CHECK_THROWS_WITH((AgeTs<EmbeddingCtrModel>(w.model, dgu, McDropoutTs{0.1}, whole)),
+                      Catch::Contains("whole_input") && Catch::Contains("PlainEngine"));
+    // PlainEngine over the model with request passes gives what the plain-only model gives.
+    const PlainPasses<EmbeddingCtrModel> plain{&w.model};
+    AgeScorer<EmbeddingCtrModel, McDropoutTs, Pgd, DguGate, PlainEngine<EmbeddingCtrModel>> on_plain(
+        w.model, dgu, McDropoutTs{0.1}, whole, 21);
+    AgeTs<PlainPasses<EmbeddingCtrModel>> reference(plain, dgu, McDropoutTs{0.1}, whole, 21);
+    const ScoredRequest a = on_plain.score(request), b = reference.score(request);
+    CHECK(a.explored == b.explored);
+    CHECK(a.delta == b.delta);
+    int moved = 0;
+    for (Index i = 0; i < a.size(); ++i) moved += a.explored[i] != a.base[i] ? 1 : 0;
+    CHECK(moved > 0);
   }
 }
 

@@ -2,26 +2,21 @@
 // explored score y_e = f(h + dh | theta) (AGE-METHOD.md, "Pseudo-exploration" and
 // "FGM and PGD").
 //
-// A Perturbation policy P for a model M (concept PerturbationPolicy<P, M>) provides
-//   template <class M> struct Workspace        per-thread scratch, default constructible
+// A Perturbation policy P is written once against the evaluation engine
+// (age/explore/engine.hpp). Requirements (concept PerturbationPolicy<P, Engine>):
+//   template <class Engine> struct Workspace   per-thread scratch, default constructible
 //   void validate() const                      throws ConfigError for a bad setting
-//   p.explore(model, user, items, base, delta, rng, model_ws, ws, explored)
-//       explored (Eigen::Ref<RowVector>, N): the probability after the move, given the
-//       no-dropout probabilities `base` and the uncertainty `delta` of every candidate.
-//       Const (thread-safe); all randomness from `rng`.
-// The moving policies (Fgm, Pgd, RandomDirection) also expose move(...), which leaves dh in
-// ws.d_items (item_dim x N) and, for PerturbTarget::whole_input, ws.d_user (user_dim x N).
-//
-// Optionally, for a model with request passes (RequestPassModel, age/model/tower.hpp),
-//   p.request_ready()  and  p.explore_request(model, base, delta, rng, model_ws, ws, explored)
-// do explore() on the request cached in model_ws by model.begin_request() (possibly
-// narrowed to a subset by model.request_select()): the gradient at h walks down from the
-// cached pass and h + dh costs pre0 + W_item dh, no full forward. The AGE scorer uses it when
-// request_ready() (the library's policies: when only the item part moves). Same random
-// draws, same values up to float rounding; the buffers of ws only grow, and only their
-// first N columns are meaningful afterwards (Fgm's may leave no move in ws.d_items: with
-// a model that has request_normalized_move_logits(), e.g. Tower, a certified move is
-// scored from the gradient's norm alone).
+//   p.explore(engine, base, delta, rng, ws, explored)
+//       explored (Eigen::Ref<RowVector>, k): the probability after the move of each of the
+//       engine's k candidates, given their no-dropout probabilities `base` and their
+//       uncertainty `delta`. Const (thread-safe); every random draw from `rng`.
+// Optionally:
+//   bool moves_user() const      true when the move includes the user part; the scorer
+//                                then needs an engine with moves_user (PlainEngine)
+//   p.reserve(engine, n, ws)     sizes ws for up to n candidates (no allocation later)
+// The moving policies (Fgm, Pgd, RandomDirection) leave dh in ws.d_items (item_dim x k)
+// and, for PerturbTarget::whole_input, ws.d_user (user_dim x k), except where an engine's
+// one-pass FGM shortcut scores a certified move from the gradient's norm alone.
 //
 // lambda' (`lambda`) is in the units of the embeddings h. The default 1e-3 is the paper's
 // offline value for ITS model; the right value depends on the scale of your embeddings
@@ -30,40 +25,40 @@
 #pragma once
 
 #include <cmath>
+#include <concepts>
 #include <cstddef>
 #include <string>
 
 #include "age/core/error.hpp"
 #include "age/core/rng.hpp"
+#include "age/core/scratch.hpp"
 #include "age/core/types.hpp"
-#include "age/model/ctr_model.hpp"
+#include "age/explore/engine.hpp"
 
 namespace age {
 
-template <class P, class M>
+template <class P, class E>
 concept PerturbationPolicy =
-    CtrModel<M> && requires { typename P::template Workspace<M>; } &&
-    std::default_initializable<typename P::template Workspace<M>> &&
-    requires(const P& p, const M& model, ConstMatrixRef user, ConstMatrixRef items, Eigen::Ref<const RowVector> base,
-             Eigen::Ref<const RowVector> delta, Rng& rng, typename M::Workspace& model_ws,
-             typename P::template Workspace<M>& ws, Eigen::Ref<RowVector> explored) {
+    EvaluationEngine<E> && requires { typename P::template Workspace<E>; } &&
+    std::default_initializable<typename P::template Workspace<E>> &&
+    requires(const P& p, E& engine, Eigen::Ref<const RowVector> base, Eigen::Ref<const RowVector> delta, Rng& rng,
+             typename P::template Workspace<E>& ws, Eigen::Ref<RowVector> explored) {
       p.validate();
-      p.explore(model, user, items, base, delta, rng, model_ws, ws, explored);
+      p.explore(engine, base, delta, rng, ws, explored);
     };
 
 // Which part of h = [user | item] is moved (open in the paper): the item embeddings
 // (default; the authors' summary says "ad embeddings") or the whole input, in which case
-// every candidate gets its own moved copy of the user vector.
+// every candidate gets its own moved copy of the user vector (PlainEngine only).
 enum class PerturbTarget { items, whole_input };
 
-// Scratch of the moving policies. d_* hold the move, g_* the gradient, moved_* h + move.
+// Scratch of the moving policies, grow-only: d_* hold the move, g_* the gradient, one
+// column per candidate; only the first k columns are meaningful after a request of k.
 struct MoveWorkspace {
   Matrix d_items, d_user;
   Matrix g_items, g_user;
-  Matrix moved_items, moved_user;
-  RowVector radius, prob;
-  RowVector d_logit;  // request passes: dy/dz = y (1 - y)
-  RowVector length;   // request passes: FGM's signed move lengths lambda' delta_y
+  RowVector radius;  // eps_n = lambda' |delta_n|
+  RowVector length;  // FGM's signed move lengths, for the engine's one-pass shortcut
 };
 
 namespace detail {
@@ -73,56 +68,38 @@ inline void check_lambda(const char* policy, double lambda) {
     throw ConfigError(std::string(policy) + ".lambda: expected a finite value >= 0, got " + std::to_string(lambda));
 }
 
-inline void check_user_columns(ConstMatrixRef user, Index n) {
-  if (user.cols() != 1 && user.cols() != n)
-    throw DimensionError("perturbation: user columns: expected 1 or " + std::to_string(n) + ", got " +
-                         std::to_string(user.cols()));
+// Sizes the move workspace for up to n candidates of `engine`.
+template <class E>
+void reserve_move(const E& engine, bool whole, Index n, MoveWorkspace& ws) {
+  scratch_head(ws.radius, n);
+  scratch_head(ws.length, n);
+  scratch_cols(ws.d_items, engine.item_dim(), n);
+  scratch_cols(ws.g_items, engine.item_dim(), n);
+  if (whole) {
+    scratch_cols(ws.d_user, engine.user_dim(), n);
+    scratch_cols(ws.g_user, engine.user_dim(), n);
+  }
 }
 
-// Zero move for n candidates; eps_n = lambda' * |delta_n| (the L2 radius of the move).
-// Returns false when every radius is zero (nothing to move).
-inline bool start_move(double lambda, bool whole, ConstMatrixRef user, ConstMatrixRef items,
-                       Eigen::Ref<const RowVector> delta, MoveWorkspace& ws) {
-  const Index n = items.cols();
+// eps_n = lambda' |delta_n| (the L2 radius of candidate n's move) for the engine's k
+// candidates and, unless the caller writes every column itself (zero_move = false), a zero
+// move. Returns false when every radius is zero (nothing to move).
+template <class E>
+bool start_move(const E& engine, double lambda, bool whole, Eigen::Ref<const RowVector> delta, MoveWorkspace& ws,
+                bool zero_move = true) {
+  const Index n = engine.size();
   detail::require_dim("perturbation: delta length", static_cast<std::size_t>(n), static_cast<std::size_t>(delta.size()));
-  check_user_columns(user, n);
-  ws.d_items.setZero(items.rows(), n);
-  ws.d_user.setZero(whole ? user.rows() : 0, whole ? n : 0);
-  ws.radius.resize(n);
+  reserve_move(engine, whole, n, ws);
   bool any = false;
   for (Index i = 0; i < n; ++i) {
     ws.radius[i] = static_cast<Scalar>(lambda * std::abs(static_cast<double>(delta[i])));
     any = any || ws.radius[i] > 0;
   }
+  if (zero_move) {
+    ws.d_items.leftCols(n).setZero();
+    if (whole) ws.d_user.leftCols(n).setZero();
+  }
   return any;
-}
-
-// The moved input h + dh of every candidate (user part only when the whole input moves).
-inline void build_moved(bool whole, ConstMatrixRef user, ConstMatrixRef items, MoveWorkspace& ws) {
-  ws.moved_items = items + ws.d_items;
-  if (whole) {
-    if (user.cols() == 1)
-      ws.moved_user = ws.d_user.colwise() + user.col(0);
-    else
-      ws.moved_user = user + ws.d_user;
-  }
-}
-
-// Gradient of f at h + dh (at h itself when at_origin) into ws.g_items / ws.g_user.
-template <CtrModel M>
-void gradient_at(const M& model, bool whole, bool at_origin, ConstMatrixRef user, ConstMatrixRef items,
-                 typename M::Workspace& model_ws, MoveWorkspace& ws) {
-  ws.prob.resize(items.cols());
-  Matrix* d_user = whole ? &ws.g_user : nullptr;
-  if (at_origin) {
-    model.probability_gradient(user, items, nullptr, model_ws, ws.prob, &ws.g_items, d_user);
-  } else {
-    build_moved(whole, user, items, ws);
-    if (whole)
-      model.probability_gradient(ws.moved_user, ws.moved_items, nullptr, model_ws, ws.prob, &ws.g_items, d_user);
-    else
-      model.probability_gradient(user, ws.moved_items, nullptr, model_ws, ws.prob, &ws.g_items, d_user);
-  }
 }
 
 // ||g_n||_2 over the perturbed part of candidate n; 0 for a zero or non-finite gradient,
@@ -139,7 +116,7 @@ inline void add_scaled_gradient(bool whole, MoveWorkspace& ws, Index n, Scalar s
   if (whole) ws.d_user.col(n) += scale * ws.g_user.col(n);
 }
 
-// FGM's move of candidate n from its gradient, written once:
+// FGM's move of candidate n from its gradient:
 //   dh_n = sign(delta_n) * (eps_n / ||g_n||) * g_n, or 0 when ||g_n|| is 0 or not finite.
 inline void set_fgm_move(bool whole, Eigen::Ref<const RowVector> delta, MoveWorkspace& ws, Index n) {
   const double norm = gradient_norm(whole, ws, n);
@@ -180,81 +157,8 @@ inline void random_direction(bool whole, Rng& rng, MoveWorkspace& ws, Index n, d
   scale_move(whole, ws, n, norm > 0.0 ? static_cast<Scalar>(length / norm) : Scalar(0));
 }
 
-// y_e = f(h + dh | theta), no dropout.
-template <CtrModel M>
-void evaluate_moved(const M& model, bool whole, ConstMatrixRef user, ConstMatrixRef items,
-                    typename M::Workspace& model_ws, MoveWorkspace& ws, Eigen::Ref<RowVector> explored) {
-  build_moved(whole, user, items, ws);
-  if (whole)
-    predict_probabilities(model, ws.moved_user, ws.moved_items, nullptr, model_ws, explored);
-  else
-    predict_probabilities(model, user, ws.moved_items, nullptr, model_ws, explored);
-}
-
-// --- Request passes (RequestPassModel) -------------------------------------------------------
-
-// Zero move for the request's n candidates (unless the caller writes every column
-// itself: zero_move = false) and eps_n = lambda' |delta_n|, in grow-only buffers.
-// Returns false when every radius is zero (nothing to move).
-inline bool start_request_move(double lambda, Index item_dim, Eigen::Ref<const RowVector> delta, MoveWorkspace& ws,
-                               bool zero_move = true) {
-  const Index n = delta.size();
-  auto radius = scratch_head(ws.radius, n);
-  bool any = false;
-  for (Index i = 0; i < n; ++i) {
-    radius[i] = static_cast<Scalar>(lambda * std::abs(static_cast<double>(delta[i])));
-    any = any || radius[i] > 0;
-  }
-  auto d = scratch_cols(ws.d_items, item_dim, n);
-  if (zero_move) d.setZero();
-  return any;
-}
-
-// Sizes every buffer the request passes use for up to n candidates, so that later
-// requests of at most n (e.g. a varying number of open candidates) allocate nothing.
-inline void reserve_request_move(Index n, Index item_dim, MoveWorkspace& ws) {
-  scratch_head(ws.radius, n);
-  scratch_head(ws.prob, n);
-  scratch_head(ws.d_logit, n);
-  scratch_head(ws.length, n);
-  scratch_cols(ws.d_items, item_dim, n);
-  scratch_cols(ws.g_items, item_dim, n);
-}
-
-// dy/d(items) into ws.g_items (item_dim x n) at the request's cached point (moved =
-// false) or at its last moved pass, given the probabilities `prob` there.
-template <RequestPassModel M>
-void request_gradient(const M& model, bool moved, Index item_dim, Eigen::Ref<const RowVector> prob,
-                      typename M::Workspace& model_ws, MoveWorkspace& ws) {
-  const Index n = prob.size();
-  auto d_logit = scratch_head(ws.d_logit, n);
-  for (Index i = 0; i < n; ++i) d_logit[i] = prob[i] * (Scalar(1) - prob[i]);
-  auto g = scratch_cols(ws.g_items, item_dim, n);
-  if (moved)
-    model.request_moved_item_gradient(d_logit, model_ws, g);
-  else
-    model.request_item_gradient(d_logit, model_ws, g);
-}
-
-// Probabilities at h + dh (dh in ws.d_items) of the request's n candidates.
-template <RequestPassModel M>
-void request_moved_probabilities(const M& model, Index n, typename M::Workspace& model_ws, MoveWorkspace& ws,
-                                 Eigen::Ref<RowVector> prob) {
-  model.request_moved_logits(ws.d_items.leftCols(n), model_ws, prob);
-  sigmoid_in_place(prob);
-}
-
-// explore() of every policy that is defined by its move: move, then y_e = f(h + dh).
-template <class P, CtrModel M>
-void explore_by_move(const P& policy, const M& model, ConstMatrixRef user, ConstMatrixRef items,
-                     Eigen::Ref<const RowVector> base, Eigen::Ref<const RowVector> delta, Rng& rng,
-                     typename M::Workspace& model_ws, MoveWorkspace& ws, Eigen::Ref<RowVector> explored) {
-  if (!policy.move(model, user, items, delta, rng, model_ws, ws)) {
-    explored = base;  // every radius is zero: h + 0 is h
-    return;
-  }
-  evaluate_moved(model, policy.target == PerturbTarget::whole_input, user, items, model_ws, ws, explored);
-}
+// The engine's arguments for the user part: none unless the whole input moves.
+inline Matrix* user_part(bool whole, Matrix& m) noexcept { return whole ? &m : nullptr; }
 
 }  // namespace detail
 
@@ -265,61 +169,36 @@ struct Fgm {
   double lambda = 1e-3;
   PerturbTarget target = PerturbTarget::items;
 
-  void validate() const { detail::check_lambda("Fgm", lambda); }
-
-  template <class M>
+  template <class E>
   using Workspace = MoveWorkspace;
 
-  template <CtrModel M>
-  void explore(const M& model, ConstMatrixRef user, ConstMatrixRef items, Eigen::Ref<const RowVector> base,
-               Eigen::Ref<const RowVector> delta, Rng& rng, typename M::Workspace& model_ws, MoveWorkspace& ws,
-               Eigen::Ref<RowVector> explored) const {
-    detail::explore_by_move(*this, model, user, items, base, delta, rng, model_ws, ws, explored);
+  void validate() const { detail::check_lambda("Fgm", lambda); }
+  bool moves_user() const noexcept { return target == PerturbTarget::whole_input; }
+  template <class E>
+  void reserve(const E& engine, Index n, MoveWorkspace& ws) const {
+    detail::reserve_move(engine, moves_user(), n, ws);
   }
 
-  // Leaves dh in ws.d_items (and ws.d_user for the whole input); returns false (and a zero
-  // move) when every radius is zero.
-  template <CtrModel M>
-  bool move(const M& model, ConstMatrixRef user, ConstMatrixRef items, Eigen::Ref<const RowVector> delta, Rng&,
-            typename M::Workspace& model_ws, MoveWorkspace& ws) const {
-    const bool whole = target == PerturbTarget::whole_input;
-    if (!detail::start_move(lambda, whole, user, items, delta, ws)) return false;
-    detail::gradient_at(model, whole, true, user, items, model_ws, ws);
-    for (Index n = 0; n < items.cols(); ++n) detail::set_fgm_move(whole, delta, ws, n);
-    return true;
-  }
-
-  bool request_ready() const noexcept { return target == PerturbTarget::items; }
-  template <class M>
-  void reserve_request(const M& model, Index n, MoveWorkspace& ws) const {
-    detail::reserve_request_move(n, static_cast<Index>(model.item_dim()), ws);
-  }
-
-  // explore() on the request passes (top of this file); the item part only.
-  template <RequestPassModel M>
-  void explore_request(const M& model, Eigen::Ref<const RowVector> base, Eigen::Ref<const RowVector> delta, Rng&,
-                       typename M::Workspace& model_ws, MoveWorkspace& ws, Eigen::Ref<RowVector> explored) const {
-    const Index n = base.size(), di = static_cast<Index>(model.item_dim());
-    if (!detail::start_request_move(lambda, di, delta, ws, false)) {
-      explored = base;
+  template <EvaluationEngine E>
+  void explore(E& engine, Eigen::Ref<const RowVector> base, Eigen::Ref<const RowVector> delta, Rng&,
+               MoveWorkspace& ws, Eigen::Ref<RowVector> explored) const {
+    const bool whole = moves_user();
+    const Index n = engine.size();
+    // The one-pass shortcut writes no move, and the other path writes every column.
+    if (!detail::start_move(engine, lambda, whole, delta, ws, /*zero_move=*/false)) {
+      ws.d_items.leftCols(n).setZero();
+      if (whole) ws.d_user.leftCols(n).setZero();
+      explored = base;  // every radius is zero: h + 0 is h
       return;
     }
-    if constexpr (requires { model.request_normalized_move_logits(base, base, model_ws, explored); }) {
-      // The model's one-pass form (Tower: certified linear moves), when it has one.
-      auto d_logit = detail::scratch_head(ws.d_logit, n);
-      auto length = detail::scratch_head(ws.length, n);
-      for (Index i = 0; i < n; ++i) {
-        d_logit[i] = base[i] * (Scalar(1) - base[i]);
-        length[i] = delta[i] < 0 ? -ws.radius[i] : ws.radius[i];
-      }
-      if (model.request_normalized_move_logits(d_logit, length, model_ws, explored)) {
-        sigmoid_in_place(explored);
-        return;
-      }
+    if (!whole) {
+      auto length = ws.length.head(n);
+      for (Index i = 0; i < n; ++i) length[i] = delta[i] < 0 ? -ws.radius[i] : ws.radius[i];
+      if (engine.normalized_move_probabilities(base, length, explored)) return;
     }
-    detail::request_gradient(model, false, di, base, model_ws, ws);
-    for (Index i = 0; i < n; ++i) detail::set_fgm_move(false, delta, ws, i);
-    detail::request_moved_probabilities(model, n, model_ws, ws, explored);
+    engine.gradient(base, ws.g_items, detail::user_part(whole, ws.g_user));
+    for (Index i = 0; i < n; ++i) detail::set_fgm_move(whole, delta, ws, i);
+    engine.probabilities_at(ws.d_items, detail::user_part(whole, ws.d_user), explored);
   }
 };
 
@@ -335,6 +214,9 @@ struct Pgd {
   double step_scale = 2.5;
   double random_start = 0.0;  // fraction of eps, in [0, 1]; 0 = start at h
 
+  template <class E>
+  using Workspace = MoveWorkspace;
+
   void validate() const {
     detail::check_lambda("Pgd", lambda);
     if (steps == 0) throw ConfigError("Pgd.steps: expected >= 1, got 0");
@@ -343,36 +225,41 @@ struct Pgd {
     if (!(random_start >= 0.0 && random_start <= 1.0))
       throw ConfigError("Pgd.random_start: expected a value in [0, 1], got " + std::to_string(random_start));
   }
-
-  template <class M>
-  using Workspace = MoveWorkspace;
-
-  template <CtrModel M>
-  void explore(const M& model, ConstMatrixRef user, ConstMatrixRef items, Eigen::Ref<const RowVector> base,
-               Eigen::Ref<const RowVector> delta, Rng& rng, typename M::Workspace& model_ws, MoveWorkspace& ws,
-               Eigen::Ref<RowVector> explored) const {
-    detail::explore_by_move(*this, model, user, items, base, delta, rng, model_ws, ws, explored);
+  bool moves_user() const noexcept { return target == PerturbTarget::whole_input; }
+  template <class E>
+  void reserve(const E& engine, Index n, MoveWorkspace& ws) const {
+    detail::reserve_move(engine, moves_user(), n, ws);
   }
 
-  template <CtrModel M>
-  bool move(const M& model, ConstMatrixRef user, ConstMatrixRef items, Eigen::Ref<const RowVector> delta, Rng& rng,
-            typename M::Workspace& model_ws, MoveWorkspace& ws) const {
-    const bool whole = target == PerturbTarget::whole_input;
-    if (!detail::start_move(lambda, whole, user, items, delta, ws)) return false;
-    const Index n_cand = items.cols();
+  // Each step after the first costs one moved pass and its gradient (on the request
+  // passes: pre0 + W_item r, or none for a certified linear move).
+  template <EvaluationEngine E>
+  void explore(E& engine, Eigen::Ref<const RowVector> base, Eigen::Ref<const RowVector> delta, Rng& rng,
+               MoveWorkspace& ws, Eigen::Ref<RowVector> explored) const {
+    const bool whole = moves_user();
+    const Index n = engine.size();
+    if (!detail::start_move(engine, lambda, whole, delta, ws)) {
+      explored = base;
+      return;
+    }
     const bool random = random_start > 0.0;
     if (random)
-      for (Index n = 0; n < n_cand; ++n) detail::random_direction(whole, rng, ws, n, random_start * ws.radius[n]);
+      for (Index i = 0; i < n; ++i) detail::random_direction(whole, rng, ws, i, random_start * ws.radius[i]);
+    Matrix* g_user = detail::user_part(whole, ws.g_user);
+    const Matrix* d_user = detail::user_part(whole, ws.d_user);
     for (std::size_t t = 0; t < steps; ++t) {
-      detail::gradient_at(model, whole, t == 0 && !random, user, items, model_ws, ws);
-      step(whole, n_cand, ws);
+      if (t == 0 && !random)
+        engine.gradient(base, ws.g_items, g_user);
+      else
+        engine.gradient_at(ws.d_items, d_user, ws.g_items, g_user);
+      step(whole, n, ws);
     }
     detail::apply_delta_sign(whole, delta, ws);
-    return true;
+    engine.probabilities_at(ws.d_items, d_user, explored);
   }
 
   // One step of Eq. (PGD) for every candidate: r += alpha * g / ||g||, then the projection
-  // back onto the ball ||r|| <= eps (the candidate's radius). Shared by both paths.
+  // back onto the ball ||r|| <= eps (the candidate's radius).
   void step(bool whole, Index n_cand, MoveWorkspace& ws) const {
     for (Index n = 0; n < n_cand; ++n) {
       const double eps = ws.radius[n];
@@ -384,39 +271,6 @@ struct Pgd {
       if (r > eps) detail::scale_move(whole, ws, n, static_cast<Scalar>(eps / r));  // projection
     }
   }
-
-  bool request_ready() const noexcept { return target == PerturbTarget::items; }
-  template <class M>
-  void reserve_request(const M& model, Index n, MoveWorkspace& ws) const {
-    detail::reserve_request_move(n, static_cast<Index>(model.item_dim()), ws);
-  }
-
-  // explore() on the request passes (top of this file); the item part only. Each step
-  // after the first costs one moved pass (pre0 + W_item r) and its gradient.
-  template <RequestPassModel M>
-  void explore_request(const M& model, Eigen::Ref<const RowVector> base, Eigen::Ref<const RowVector> delta, Rng& rng,
-                       typename M::Workspace& model_ws, MoveWorkspace& ws, Eigen::Ref<RowVector> explored) const {
-    const Index n_cand = base.size(), di = static_cast<Index>(model.item_dim());
-    if (!detail::start_request_move(lambda, di, delta, ws)) {
-      explored = base;
-      return;
-    }
-    const bool random = random_start > 0.0;
-    if (random)
-      for (Index n = 0; n < n_cand; ++n) detail::random_direction(false, rng, ws, n, random_start * ws.radius[n]);
-    for (std::size_t t = 0; t < steps; ++t) {
-      if (t == 0 && !random) {
-        detail::request_gradient(model, false, di, base, model_ws, ws);
-      } else {
-        auto prob = detail::scratch_head(ws.prob, n_cand);
-        detail::request_moved_probabilities(model, n_cand, model_ws, ws, prob);
-        detail::request_gradient(model, true, di, prob, model_ws, ws);
-      }
-      step(false, n_cand, ws);
-    }
-    detail::apply_delta_sign(false, delta, ws);
-    detail::request_moved_probabilities(model, n_cand, model_ws, ws, explored);
-  }
 };
 
 // Ablation "AGE without g~" (Table 2): a uniformly random unit direction instead of the
@@ -425,66 +279,40 @@ struct RandomDirection {
   double lambda = 1e-3;
   PerturbTarget target = PerturbTarget::items;
 
-  void validate() const { detail::check_lambda("RandomDirection", lambda); }
-
-  template <class M>
+  template <class E>
   using Workspace = MoveWorkspace;
 
-  template <CtrModel M>
-  void explore(const M& model, ConstMatrixRef user, ConstMatrixRef items, Eigen::Ref<const RowVector> base,
-               Eigen::Ref<const RowVector> delta, Rng& rng, typename M::Workspace& model_ws, MoveWorkspace& ws,
-               Eigen::Ref<RowVector> explored) const {
-    detail::explore_by_move(*this, model, user, items, base, delta, rng, model_ws, ws, explored);
+  void validate() const { detail::check_lambda("RandomDirection", lambda); }
+  bool moves_user() const noexcept { return target == PerturbTarget::whole_input; }
+  template <class E>
+  void reserve(const E& engine, Index n, MoveWorkspace& ws) const {
+    detail::reserve_move(engine, moves_user(), n, ws);
   }
 
-  template <CtrModel M>
-  bool move(const M&, ConstMatrixRef user, ConstMatrixRef items, Eigen::Ref<const RowVector> delta, Rng& rng,
-            typename M::Workspace&, MoveWorkspace& ws) const {
-    const bool whole = target == PerturbTarget::whole_input;
-    if (!detail::start_move(lambda, whole, user, items, delta, ws)) return false;
-    for (Index n = 0; n < items.cols(); ++n) detail::random_direction(whole, rng, ws, n, ws.radius[n]);
-    detail::apply_delta_sign(whole, delta, ws);
-    return true;
-  }
-
-  bool request_ready() const noexcept { return target == PerturbTarget::items; }
-  template <class M>
-  void reserve_request(const M& model, Index n, MoveWorkspace& ws) const {
-    detail::reserve_request_move(n, static_cast<Index>(model.item_dim()), ws);
-  }
-
-  template <RequestPassModel M>
-  void explore_request(const M& model, Eigen::Ref<const RowVector> base, Eigen::Ref<const RowVector> delta, Rng& rng,
-                       typename M::Workspace& model_ws, MoveWorkspace& ws, Eigen::Ref<RowVector> explored) const {
-    const Index n_cand = base.size();
-    if (!detail::start_request_move(lambda, static_cast<Index>(model.item_dim()), delta, ws)) {
+  template <EvaluationEngine E>
+  void explore(E& engine, Eigen::Ref<const RowVector> base, Eigen::Ref<const RowVector> delta, Rng& rng,
+               MoveWorkspace& ws, Eigen::Ref<RowVector> explored) const {
+    const bool whole = moves_user();
+    if (!detail::start_move(engine, lambda, whole, delta, ws)) {
       explored = base;
       return;
     }
-    for (Index n = 0; n < n_cand; ++n) detail::random_direction(false, rng, ws, n, ws.radius[n]);
-    detail::apply_delta_sign(false, delta, ws);
-    detail::request_moved_probabilities(model, n_cand, model_ws, ws, explored);
+    for (Index i = 0; i < engine.size(); ++i) detail::random_direction(whole, rng, ws, i, ws.radius[i]);
+    detail::apply_delta_sign(whole, delta, ws);
+    engine.probabilities_at(ws.d_items, detail::user_part(whole, ws.d_user), explored);
   }
 };
 
 // No move: the explored score is the base prediction (uncertainty and gate still reported).
 struct NoPerturbation {
-  template <class M>
+  template <class E>
   struct Workspace {};
 
   void validate() const {}
 
-  template <CtrModel M>
-  void explore(const M&, ConstMatrixRef, ConstMatrixRef, Eigen::Ref<const RowVector> base, Eigen::Ref<const RowVector>,
-               Rng&, typename M::Workspace&, Workspace<M>&, Eigen::Ref<RowVector> explored) const {
-    explored = base;
-  }
-
-  bool request_ready() const noexcept { return true; }
-
-  template <RequestPassModel M>
-  void explore_request(const M&, Eigen::Ref<const RowVector> base, Eigen::Ref<const RowVector>, Rng&,
-                       typename M::Workspace&, Workspace<M>&, Eigen::Ref<RowVector> explored) const {
+  template <EvaluationEngine E>
+  void explore(E&, Eigen::Ref<const RowVector> base, Eigen::Ref<const RowVector>, Rng&, Workspace<E>&,
+               Eigen::Ref<RowVector> explored) const {
     explored = base;
   }
 };

@@ -1,53 +1,57 @@
 // Uncertainty policies: the delta_y of every candidate of a request (AGE-METHOD.md,
 // "Uncertainty delta_y by MC-Dropout"), and the ablation that replaces it by noise.
 //
-// An Uncertainty policy U for a model M (concept UncertaintyPolicy<U, M>) provides
-//   template <class M> struct Workspace        per-thread scratch, default constructible
+// An Uncertainty policy U is written once against the evaluation engine
+// (age/explore/engine.hpp), which runs on the model's request passes where it has them and
+// on its plain passes otherwise. Requirements (concept UncertaintyPolicy<U, Engine>):
+//   template <class Engine> struct Workspace   per-thread scratch, default constructible
 //   void validate() const                      throws ConfigError for a bad setting
-//   u.compute(model, user, items, base, rng, model_ws, ws, delta)
-//       delta (Eigen::Ref<RowVector>, N) from the request's embeddings, the no-dropout
-//       probabilities `base` (N) and the request's Rng. Must be const (thread-safe) and
-//       draw all randomness from `rng`.
+//   u.compute(engine, base, rng, ws, delta)
+//       delta (Eigen::Ref<RowVector>, k) for the engine's k candidates, given their
+//       no-dropout probabilities `base` (k) and the request's Rng. Const (thread-safe);
+//       every random draw from `rng`.
 // delta_y is SIGNED for Thompson sampling (a negative delta moves the embedding against
 // the gradient) and >= 0 for UCB.
 //
-// Optionally, for a model with request passes (RequestPassModel, age/model/tower.hpp),
-//   u.compute_request(model, base, rng, model_ws, ws, delta)
-// does the same on the request cached in model_ws by model.begin_request(), so that every
-// mask sample reuses the no-dropout pass; the AGE scorer uses it when it exists. Same
-// random draws, same values up to float rounding.
-//
-// A policy whose request form is one mask sample (McDropoutTs) may also split it in two, so
-// that the scorer can hand the mask to the model's first pass (Tower::begin_request with a
-// mask computes the logits under it from the same products):
-//   const typename M::Mask& m = u.sample_request_mask(model, n, rng, ws)
-//       the mask compute_request would draw, the same draws from rng;
-//   u.delta_from_masked_logits(base, delta)
-//       delta holds the request's logits under that mask on entry, delta_y on return.
+// Optionally (concept SingleMaskUncertainty), a policy whose delta is one mask sample
+// (McDropoutTs) splits compute() in two, so that the scorer hands the mask to the
+// engine's first pass (a model with MaskedFirstPassModel computes the logits under it from
+// the no-dropout pass's own products):
+//   const Mask& m = u.sample_first_pass_mask(engine, n, rng, ws)   the mask compute() draws
+//   u.delta_from_masked_logits(base, delta)    delta holds the logits under m on entry
 #pragma once
 
 #include <cmath>
+#include <concepts>
 #include <cstddef>
 #include <string>
 
 #include "age/core/error.hpp"
 #include "age/core/rng.hpp"
+#include "age/core/scratch.hpp"
 #include "age/core/types.hpp"
-#include "age/model/ctr_model.hpp"
+#include "age/explore/engine.hpp"
 #include "age/model/dropout.hpp"
 #include "age/model/sigmoid.hpp"
 
 namespace age {
 
-template <class U, class M>
+template <class U, class E>
 concept UncertaintyPolicy =
-    CtrModel<M> && requires { typename U::template Workspace<M>; } &&
-    std::default_initializable<typename U::template Workspace<M>> &&
-    requires(const U& u, const M& model, ConstMatrixRef user, ConstMatrixRef items,
-             Eigen::Ref<const RowVector> base, Rng& rng, typename M::Workspace& model_ws,
-             typename U::template Workspace<M>& ws, Eigen::Ref<RowVector> delta) {
+    EvaluationEngine<E> && requires { typename U::template Workspace<E>; } &&
+    std::default_initializable<typename U::template Workspace<E>> &&
+    requires(const U& u, E& engine, Eigen::Ref<const RowVector> base, Rng& rng, typename U::template Workspace<E>& ws,
+             Eigen::Ref<RowVector> delta) {
       u.validate();
-      u.compute(model, user, items, base, rng, model_ws, ws, delta);
+      u.compute(engine, base, rng, ws, delta);
+    };
+
+template <class U, class E>
+concept SingleMaskUncertainty =
+    UncertaintyPolicy<U, E> && requires(const U& u, E& engine, Index n, Rng& rng, typename U::template Workspace<E>& ws,
+                                        Eigen::Ref<const RowVector> base, Eigen::Ref<RowVector> delta) {
+      { u.sample_first_pass_mask(engine, n, rng, ws) } -> std::same_as<const typename E::Mask&>;
+      u.delta_from_masked_logits(base, delta);
     };
 
 namespace detail {
@@ -66,34 +70,25 @@ struct McDropoutTs {
   double rate = 0.01;               // dropout rate p, in [0, 1)
   bool per_candidate_masks = false;
 
-  template <class M>
+  template <class E>
   struct Workspace {
-    typename M::Mask mask;
+    typename E::Mask mask;
   };
 
   void validate() const { check_dropout_rate(rate); }
 
-  template <DropoutCtrModel M>
-  void compute(const M& model, ConstMatrixRef user, ConstMatrixRef items, Eigen::Ref<const RowVector> base,
-               Rng& rng, typename M::Workspace& model_ws, Workspace<M>& ws, Eigen::Ref<RowVector> delta) const {
-    model.sample_mask(rate, detail::mask_columns(per_candidate_masks, items.cols()), rng, ws.mask);
-    predict_probabilities(model, user, items, &ws.mask, model_ws, delta);
-    delta -= base;
-  }
-
-  template <class M>
-    requires DropoutCtrModel<M> && RequestPassModel<M>
-  void compute_request(const M& model, Eigen::Ref<const RowVector> base, Rng& rng, typename M::Workspace& model_ws,
-                       Workspace<M>& ws, Eigen::Ref<RowVector> delta) const {
-    model.request_logits(&sample_request_mask(model, base.size(), rng, ws), model_ws, delta);
+  template <DropoutEngine E>
+  void compute(E& engine, Eigen::Ref<const RowVector> base, Rng& rng, Workspace<E>& ws,
+               Eigen::Ref<RowVector> delta) const {
+    engine.masked_logits(sample_first_pass_mask(engine, base.size(), rng, ws), delta);
     delta_from_masked_logits(base, delta);
   }
 
-  // compute_request() in two halves (see the top of this file): the mask for a request of
-  // n candidates, then delta_y = sigmoid(logit under the mask) - base, in place.
-  template <DropoutCtrModel M>
-  const typename M::Mask& sample_request_mask(const M& model, Index n, Rng& rng, Workspace<M>& ws) const {
-    model.sample_mask(rate, detail::mask_columns(per_candidate_masks, n), rng, ws.mask);
+  // compute() in two halves (see the top of this file): the mask for a request of n
+  // candidates, then delta_y = sigmoid(logit under the mask) - base, in place.
+  template <DropoutEngine E>
+  const typename E::Mask& sample_first_pass_mask(E& engine, Index n, Rng& rng, Workspace<E>& ws) const {
+    engine.sample_mask(rate, detail::mask_columns(per_candidate_masks, n), rng, ws.mask);
     return ws.mask;
   }
   void delta_from_masked_logits(Eigen::Ref<const RowVector> base, Eigen::Ref<RowVector> delta) const {
@@ -113,9 +108,9 @@ struct McDropoutUcb {
   bool sqrt = false;
   bool per_candidate_masks = false;
 
-  template <class M>
+  template <class E>
   struct Workspace {
-    typename M::Mask mask;
+    typename E::Mask mask;
     RowVector sample;
   };
 
@@ -124,33 +119,16 @@ struct McDropoutUcb {
     detail::check_positive_samples(samples);
   }
 
-  template <DropoutCtrModel M>
-  void compute(const M& model, ConstMatrixRef user, ConstMatrixRef items, Eigen::Ref<const RowVector> base,
-               Rng& rng, typename M::Workspace& model_ws, Workspace<M>& ws, Eigen::Ref<RowVector> delta) const {
-    const Index n = items.cols();
-    const Index columns = detail::mask_columns(per_candidate_masks, n);
-    ws.sample.resize(n);
-    delta.setZero();
-    for (std::size_t s = 0; s < samples; ++s) {
-      model.sample_mask(rate, columns, rng, ws.mask);
-      predict_probabilities(model, user, items, &ws.mask, model_ws, ws.sample);
-      delta.array() += (ws.sample - base).array().square();
-    }
-    delta /= static_cast<Scalar>(samples);
-    if (sqrt) delta = delta.cwiseSqrt();
-  }
-
-  template <class M>
-    requires DropoutCtrModel<M> && RequestPassModel<M>
-  void compute_request(const M& model, Eigen::Ref<const RowVector> base, Rng& rng, typename M::Workspace& model_ws,
-                       Workspace<M>& ws, Eigen::Ref<RowVector> delta) const {
+  template <DropoutEngine E>
+  void compute(E& engine, Eigen::Ref<const RowVector> base, Rng& rng, Workspace<E>& ws,
+               Eigen::Ref<RowVector> delta) const {
     const Index n = base.size();
     const Index columns = detail::mask_columns(per_candidate_masks, n);
     auto sample = detail::scratch_head(ws.sample, n);  // grows only: no allocation when n varies
     delta.setZero();
     for (std::size_t s = 0; s < samples; ++s) {
-      model.sample_mask(rate, columns, rng, ws.mask);
-      model.request_logits(&ws.mask, model_ws, sample);
+      engine.sample_mask(rate, columns, rng, ws.mask);
+      engine.masked_logits(ws.mask, sample);
       sigmoid_in_place(sample);
       delta.array() += (sample - base).array().square();
     }
@@ -171,9 +149,9 @@ struct GaussianNoise {
   bool per_candidate_masks = false;
   double scale = 0.0;
 
-  template <class M>
+  template <class E>
   struct Workspace {
-    McDropoutTs::Workspace<M> ts;
+    McDropoutTs::Workspace<E> ts;
   };
 
   void validate() const {
@@ -182,29 +160,13 @@ struct GaussianNoise {
       throw ConfigError("GaussianNoise.scale: expected a finite value >= 0, got " + std::to_string(scale));
   }
 
-  template <CtrModel M>
-  void compute(const M& model, ConstMatrixRef user, ConstMatrixRef items, Eigen::Ref<const RowVector> base,
-               Rng& rng, typename M::Workspace& model_ws, Workspace<M>& ws, Eigen::Ref<RowVector> delta) const {
+  template <EvaluationEngine E>
+  void compute(E& engine, Eigen::Ref<const RowVector> base, Rng& rng, Workspace<E>& ws,
+               Eigen::Ref<RowVector> delta) const {
     double s = scale;
     if (s == 0.0) {
-      if constexpr (DropoutCtrModel<M>) {
-        McDropoutTs{rate, per_candidate_masks}.compute(model, user, items, base, rng, model_ws, ws.ts, delta);
-        s = std::sqrt(static_cast<double>(delta.squaredNorm()) / static_cast<double>(delta.size()));
-      } else {
-        throw ConfigError("GaussianNoise.scale: expected > 0 for a model without dropout masks, got 0");
-      }
-    }
-    for (Index i = 0; i < delta.size(); ++i) delta[i] = static_cast<Scalar>(s * rng.normal());
-  }
-
-  template <class M>
-    requires RequestPassModel<M>
-  void compute_request(const M& model, Eigen::Ref<const RowVector> base, Rng& rng, typename M::Workspace& model_ws,
-                       Workspace<M>& ws, Eigen::Ref<RowVector> delta) const {
-    double s = scale;
-    if (s == 0.0) {
-      if constexpr (DropoutCtrModel<M>) {
-        McDropoutTs{rate, per_candidate_masks}.compute_request(model, base, rng, model_ws, ws.ts, delta);
+      if constexpr (DropoutEngine<E>) {
+        McDropoutTs{rate, per_candidate_masks}.compute(engine, base, rng, ws.ts, delta);
         s = std::sqrt(static_cast<double>(delta.squaredNorm()) / static_cast<double>(delta.size()));
       } else {
         throw ConfigError("GaussianNoise.scale: expected > 0 for a model without dropout masks, got 0");

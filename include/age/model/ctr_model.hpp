@@ -13,11 +13,11 @@
 
 #include <concepts>
 #include <cstddef>
+#include <span>
 
 #include "age/core/rng.hpp"
 #include "age/core/types.hpp"
 #include "age/model/sigmoid.hpp"
-#include "age/model/tower.hpp"
 
 namespace age {
 
@@ -73,6 +73,59 @@ concept CtrModel =
 // A CtrModel with real dropout masks: what MC-Dropout uncertainty needs.
 template <class M>
 concept DropoutCtrModel = CtrModel<M> && !std::same_as<typename M::Mask, NoDropout>;
+
+// --- Optional capabilities ---------------------------------------------------------------
+// A model may offer more than the CtrModel passes; the evaluation engine the explorers run
+// on (age/explore/engine.hpp) is chosen from these at compile time. Each is a named
+// concept so that a user can static_assert what their model offers.
+
+// Request passes: one no-dropout pass per request whose intermediate results the later
+// passes of the same request reuse (the MC-Dropout samples, the input gradient, the moves
+// of the item part). Every pass works on the request started by begin_request() on the
+// same workspace, narrowed by request_select(), and gives the values of the plain passes
+// on those candidates up to float rounding:
+//   m.begin_request(user, items, ws, out)        no-dropout logits of the N candidates
+//   m.request_size(ws)                           candidates in the request now
+//   m.request_select(keep, ws)                   keep candidates `keep` (increasing positions)
+//   m.request_logits(mask, ws, out)              logits under a dropout mask (nullptr: none)
+//   m.request_item_gradient(d_logit, ws, d)      d(sum_n d_logit[n] z_n)/d items at h
+//   m.request_moved_logits(d_items, ws, out)     logits at h + dh, item part moved
+//   m.request_moved_item_gradient(d_logit, ws, d)  the gradient at that moved point
+// Tower and EmbeddingCtrModel offer them.
+template <class M>
+concept RequestPassModel =
+    CtrModel<M> &&
+    requires(const M& m, ConstMatrixRef user, ConstMatrixRef items, const typename M::Mask* mask,
+             typename M::Workspace& ws, Eigen::Ref<RowVector> out, Eigen::Ref<const RowVector> d_logit,
+             Eigen::Ref<Matrix> d_items, std::span<const Index> keep) {
+      m.begin_request(user, items, ws, out);
+      { m.request_size(ws) } -> std::convertible_to<Index>;
+      m.request_logits(mask, ws, out);
+      m.request_select(keep, ws);
+      m.request_item_gradient(d_logit, ws, d_items);
+      m.request_moved_logits(items, ws, out);
+      m.request_moved_item_gradient(d_logit, ws, d_items);
+    };
+
+// A request pass that computes the logits under one dropout mask together with the
+// no-dropout ones (what Thompson sampling's single sample needs), from the same products:
+//   m.begin_request(user, items, ws, out, mask, masked_out)
+template <class M>
+concept MaskedFirstPassModel =
+    RequestPassModel<M> && requires(const M& m, ConstMatrixRef user, ConstMatrixRef items,
+                                    const typename M::Mask* mask, typename M::Workspace& ws,
+                                    Eigen::Ref<RowVector> out) { m.begin_request(user, items, ws, out, mask, out); };
+
+// FGM's move scored in one pass: the logit of each request candidate n at
+// h + length[n] g_n / ||g_n|| (g_n = d_logit[n] dz_n / d items), false when the model
+// cannot take that shortcut for this request (then the engine takes the three passes).
+//   m.request_normalized_move_logits(d_logit, length, ws, out) -> bool
+template <class M>
+concept NormalizedMoveModel =
+    RequestPassModel<M> && requires(const M& m, Eigen::Ref<const RowVector> d_logit, typename M::Workspace& ws,
+                                    Eigen::Ref<RowVector> out) {
+      { m.request_normalized_move_logits(d_logit, d_logit, ws, out) } -> std::same_as<bool>;
+    };
 
 // Probabilities of every candidate: logits, then sigmoid in place.
 template <CtrModel M>

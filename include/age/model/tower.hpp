@@ -44,6 +44,7 @@
 #include "age/core/error.hpp"
 #include "age/core/limits.hpp"
 #include "age/core/rng.hpp"
+#include "age/core/scratch.hpp"
 #include "age/core/types.hpp"
 #include "age/model/dropout.hpp"
 #include "age/model/gemm.hpp"
@@ -106,18 +107,6 @@ struct TowerWorkspace {
   auto logits() const { return pre.back().row(0); }
 };
 
-namespace detail {
-// Grow-only scratch: the first `cols` columns of m, which is reallocated only when it has
-// another row count or fewer columns. The block is contiguous (whole columns).
-inline auto scratch_cols(Matrix& m, Index rows, Index cols) {
-  if (m.rows() != rows || m.cols() < cols) m.resize(rows, cols);
-  return m.leftCols(cols);
-}
-inline auto scratch_head(RowVector& v, Index n) {
-  if (v.size() < n) v.resize(n);
-  return v.head(n);
-}
-}  // namespace detail
 
 class Tower {
  public:
@@ -1164,23 +1153,5 @@ class Tower {
   detail::SignTable sign_table_;
   bool gradient_tables_ = true;
 };
-
-// The optional request passes of a CtrModel (age/model/ctr_model.hpp), as Tower and
-// EmbeddingCtrModel offer them (see the top of this file): the explorers use them to
-// reuse one no-dropout pass per request, and fall back to the plain CtrModel passes for
-// a model without them. Both give the same scores up to float rounding.
-template <class M>
-concept RequestPassModel =
-    requires(const M& m, ConstMatrixRef user, ConstMatrixRef items, const typename M::Mask* mask,
-             typename M::Workspace& ws, Eigen::Ref<RowVector> out, Eigen::Ref<const RowVector> d_logit,
-             Eigen::Ref<Matrix> d_items, std::span<const Index> keep) {
-      m.begin_request(user, items, ws, out);
-      { m.request_size(ws) } -> std::convertible_to<Index>;
-      m.request_logits(mask, ws, out);
-      m.request_select(keep, ws);
-      m.request_item_gradient(d_logit, ws, d_items);
-      m.request_moved_logits(items, ws, out);
-      m.request_moved_item_gradient(d_logit, ws, d_items);
-    };
 
 }  // namespace age
