@@ -1,21 +1,26 @@
 // The tower's product kernel (age/model/gemm.hpp) against Eigen's products, on every
 // block and tail shape: rows around the vector width and the register block, candidate
 // counts around the column block, operands that are column ranges of larger matrices;
-// and the transposed weight copies of Tower::commit_weights().
+// the transposed weight copies of Tower::commit_weights(); and the vector seam under them
+// (age/core/simd.hpp), operation by operation against scalar code.
 //
-// This file is also built with -mavx2 -mfma and with -march=native (tests/CMakeLists.txt,
-// age_test_gemm_avx2 / age_test_gemm_native), so that the 8- and 16-float kernels are
-// checked as well as the portable 4-float one; the first case names the width it ran.
+// This file is also built with -mavx2 -mfma, with -march=native and with
+// -DAGE_SIMD_PORTABLE (tests/CMakeLists.txt: age_test_gemm_avx2, _native, _portable), so
+// that the 8- and 16-float kernels and the seam's scalar fallback are checked as well as
+// the default 4-float (SSE2) one; the first case names the width it ran.
 #include <catch2/catch.hpp>
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "age/core/rng.hpp"
+#include "age/core/simd.hpp"
 #include "age/model/gemm.hpp"
 #include "age/model/sigmoid.hpp"
 #include "age/model/tower.hpp"
@@ -524,4 +529,165 @@ TEST_CASE("sigmoid: within 3 ulp of the exact value, one value and a whole row b
     CHECK(y[i] == sigmoid(z[i]));
   }
   CHECK(std::isnan(y[n - 1]));
+}
+
+// --- age::simd, the seam under the kernels: each operation lane by lane against a scalar
+// reference on edge values, so that the vector build and the portable fallback
+// (age_test_gemm_portable) are held to the same results.
+namespace {
+
+namespace simd = age::simd;
+
+std::uint32_t bits_of(float x) { return std::bit_cast<std::uint32_t>(x); }
+
+// Lanes of a Vec and of an IntVec, through memory.
+std::vector<float> lanes(simd::Vec v) {
+  std::vector<float> out(simd::kWidth);
+  simd::store(out.data(), v);
+  return out;
+}
+std::vector<std::int32_t> lanes(simd::IntVec v) {
+  std::vector<std::int32_t> out(simd::kWidth);
+  std::memcpy(out.data(), &v, sizeof v);
+  return out;
+}
+
+// The values the kernels must treat as the scalar code does: signed zeros, infinities,
+// NaNs (with either sign), denormals, the extremes and ordinary negatives.
+std::vector<float> edge_values() {
+  using L = std::numeric_limits<float>;
+  return {0.0f,          -0.0f,          1.0f,      -1.0f,      2.5f,       -3.75f,   L::infinity(), -L::infinity(),
+          L::quiet_NaN(), -L::quiet_NaN(), L::denorm_min(), -L::denorm_min(), L::min(), -L::min(), L::max(),
+          L::lowest(),   1e-30f,         -7e20f};
+}
+
+// kWidth lanes from the edge values starting at `offset` (cycling), so that every value
+// meets every other in some lane across the offsets.
+std::vector<float> lanes_from(const std::vector<float>& values, std::size_t offset, std::size_t stride = 1) {
+  std::vector<float> out(simd::kWidth);
+  for (std::size_t i = 0; i < out.size(); ++i) out[i] = values[(offset + i * stride) % values.size()];
+  return out;
+}
+
+// Bit for bit, except that any NaN matches any NaN where an arithmetic result is NaN
+// (which operand's payload survives is the processor's choice, not the seam's).
+bool same_value(float a, float b) { return bits_of(a) == bits_of(b) || (std::isnan(a) && std::isnan(b)); }
+
+// The pairwise fold in the order the seam promises: lane i with lane i + half.
+template <class Op>
+float pairwise(std::vector<float> v, Op op) {
+  for (std::size_t half = v.size() / 2; half >= 1; half /= 2)
+    for (std::size_t i = 0; i < half; ++i) v[i] = op(v[i], v[i + half]);
+  return v[0];
+}
+
+}  // namespace
+
+TEST_CASE("simd: every operation of the seam equals its scalar reference on edge values", "[simd]") {
+  const int w = simd::kWidth;
+  INFO("vector width " << w << ", " << simd::kRegisters << " registers, "
+                       << (std::is_class_v<simd::Vec> ? "portable fallback" : "vector extensions"));
+#if defined(AGE_SIMD_PORTABLE)
+  STATIC_REQUIRE(std::is_class_v<simd::Vec>);
+  STATIC_REQUIRE(simd::kWidth == 4);
+#endif
+  const std::vector<float> values = edge_values();
+  const auto less = [](float a, float b) { return a < b; };
+  const auto relu_ref = [](float v) { return v < 0.0f ? 0.0f : v; };
+  const auto min_ref = [](float a, float b) { return b < a ? b : a; };
+
+  for (float x : values) {
+    CAPTURE(x);
+    for (float lane : lanes(simd::broadcast(x))) CHECK(bits_of(lane) == bits_of(x));
+    for (float lane : lanes(simd::broadcast_relu(&x))) CHECK(bits_of(lane) == bits_of(relu_ref(x)));
+  }
+  for (float lane : lanes(simd::zero())) CHECK(bits_of(lane) == 0u);
+
+  for (std::size_t offset = 0; offset < values.size(); ++offset)
+    for (std::size_t stride : {std::size_t{1}, std::size_t{5}}) {
+      const std::vector<float> a = lanes_from(values, offset), b = lanes_from(values, offset + 3, stride);
+      const simd::Vec va = simd::load(a.data()), vb = simd::load(b.data());
+      const float s = b[0];
+      const auto lane_a = lanes(va);
+      const auto sum = lanes(va + vb), difference = lanes(va - vb), product = lanes(va * vb), quotient = lanes(va / vb);
+      const auto sum_s = lanes(va + s), product_s = lanes(s * va), difference_s = lanes(s - va);
+      simd::Vec compound = va;
+      compound += vb;
+      compound *= s;
+      const auto compound_lanes = lanes(compound);
+      const auto negated = lanes(-va), relu = lanes(simd::relu(va)), smaller = lanes(simd::min(va, vb)),
+                 magnitude = lanes(simd::abs(va));
+      const auto lt = lanes(va < vb), le = lanes(va <= vb), gt = lanes(va > vb), ge = lanes(va >= vb),
+                 eq = lanes(va == vb), ne = lanes(va != vb), gt_zero = lanes(va > 0.0f);
+      const auto selected = lanes(simd::select(va < vb, va, vb));
+      const auto ints = lanes(simd::as_ints(va));
+      const auto round_trip = lanes(simd::as_floats(simd::as_ints(va)));
+      // The sigmoid's exponent arithmetic, on magnitudes (no signed overflow).
+      const auto exponent = lanes((simd::as_ints(simd::abs(va)) - simd::as_ints(simd::abs(vb)) + 127) << 23);
+      const unsigned positive = simd::positive_bits(a.data());
+      for (int i = 0; i < w; ++i) {
+        const auto u = static_cast<std::size_t>(i);
+        CAPTURE(i, a[u], b[u]);
+        CHECK(bits_of(lane_a[u]) == bits_of(a[u]));  // load and store keep NaN payloads
+        CHECK(same_value(sum[u], a[u] + b[u]));
+        CHECK(same_value(difference[u], a[u] - b[u]));
+        CHECK(same_value(product[u], a[u] * b[u]));
+        CHECK(same_value(quotient[u], a[u] / b[u]));
+        CHECK(same_value(sum_s[u], a[u] + s));
+        CHECK(same_value(product_s[u], s * a[u]));
+        CHECK(same_value(difference_s[u], s - a[u]));
+        CHECK(same_value(compound_lanes[u], (a[u] + b[u]) * s));
+        CHECK(bits_of(negated[u]) == (bits_of(a[u]) ^ 0x80000000u));
+        CHECK(bits_of(relu[u]) == bits_of(relu_ref(a[u])));  // NaN and -0 stay
+        CHECK(bits_of(smaller[u]) == bits_of(min_ref(a[u], b[u])));
+        CHECK(bits_of(magnitude[u]) == (bits_of(a[u]) & 0x7fffffffu));
+        CHECK(lt[u] == (a[u] < b[u] ? -1 : 0));
+        CHECK(le[u] == (a[u] <= b[u] ? -1 : 0));
+        CHECK(gt[u] == (a[u] > b[u] ? -1 : 0));
+        CHECK(ge[u] == (a[u] >= b[u] ? -1 : 0));
+        CHECK(eq[u] == (a[u] == b[u] ? -1 : 0));
+        CHECK(ne[u] == (a[u] != b[u] ? -1 : 0));
+        CHECK(gt_zero[u] == (a[u] > 0.0f ? -1 : 0));
+        CHECK(bits_of(selected[u]) == bits_of(less(a[u], b[u]) ? a[u] : b[u]));
+        CHECK(static_cast<std::uint32_t>(ints[u]) == bits_of(a[u]));
+        CHECK(bits_of(round_trip[u]) == bits_of(a[u]));
+        CHECK(static_cast<std::uint32_t>(exponent[u]) ==
+              ((bits_of(a[u]) & 0x7fffffffu) - (bits_of(b[u]) & 0x7fffffffu) + 127u) << 23);
+        CHECK(((positive >> i) & 1u) == (a[u] > 0.0f ? 1u : 0u));
+      }
+      CHECK(positive >> w == 0u);
+      const float plus_ref = pairwise(a, [](float x, float y) { return x + y; });
+      CHECK(same_value(simd::sum_lanes(va), plus_ref));
+      CHECK(bits_of(simd::min_lanes(va)) == bits_of(pairwise(a, min_ref)));
+    }
+
+  // The fold's order: 1e8 and -1e8 in lanes 0 and kWidth / 2 cancel in the first step of
+  // the pairwise sum, which then adds the ones exactly; left to right, 1e8 + 1 rounds the
+  // ones away.
+  std::vector<float> ordered(static_cast<std::size_t>(w), 1.0f);
+  ordered[0] = 1e8f;
+  ordered[static_cast<std::size_t>(w / 2)] = -1e8f;
+  CHECK(simd::sum_lanes(simd::load(ordered.data())) == static_cast<float>(w - 2));
+  // Which zero min_lanes returns depends on the order too: the first lane of the pair
+  // when they compare equal.
+  std::vector<float> zeros(static_cast<std::size_t>(w), 0.0f);
+  zeros[0] = -0.0f;
+  CHECK(std::signbit(simd::min_lanes(simd::load(zeros.data()))));
+  zeros[0] = 0.0f;
+  zeros[static_cast<std::size_t>(w / 2)] = -0.0f;
+  CHECK(!std::signbit(simd::min_lanes(simd::load(zeros.data()))));
+
+  // mask_of_bits: lane i set exactly where bit i is, higher bits ignored.
+  for (unsigned bits = 0; bits < (1u << w); bits += (w > 8 ? 97u : 1u))
+    for (unsigned high : {0u, 1u << w, ~0u << w}) {
+      const auto mask = lanes(simd::mask_of_bits(bits | high));
+      const unsigned back = simd::positive_bits(
+          lanes(simd::select(simd::mask_of_bits(bits | high), simd::broadcast(1.0f), simd::zero())).data());
+      CAPTURE(bits, high);
+      for (int i = 0; i < w; ++i) CHECK(mask[static_cast<std::size_t>(i)] == ((bits >> i) & 1u ? -1 : 0));
+      CHECK(back == bits);
+    }
+
+  float line[16] = {};
+  simd::prefetch(line);  // a hint: nothing to observe but that it compiles and runs
 }

@@ -14,9 +14,9 @@
 
 #include "age/core/error.hpp"
 #include "age/core/limits.hpp"
+#include "age/core/simd.hpp"
 #include "age/core/status.hpp"
 #include "age/core/types.hpp"
-#include "age/model/gemm.hpp"
 
 namespace age {
 
@@ -180,18 +180,17 @@ inline void first_non_finite(ConstMatrixRef m, Index& row, Index& col, double& v
 // four running sums (a single one waits on each add; Eigen's allFinite() took ~4% of an
 // AGE-TS request of 1000 candidates, and its (x * 0).sum() ~5.6 ns per candidate).
 inline bool all_finite(ConstMatrixRef m) noexcept {
-  namespace kernel = gemm_kernel;
-  constexpr Index step = 4 * kernel::kWidth;
-  kernel::Vec sum[4] = {};
+  constexpr Index step = 4 * simd::kWidth;
+  simd::Vec sum[4] = {};
   Scalar tail = 0;
   for (Index c = 0; c < m.cols(); ++c) {
     const Scalar* p = m.col(c).data();
     Index i = 0;
     for (; i + step <= m.rows(); i += step)
-      for (int q = 0; q < 4; ++q) sum[q] += kernel::load(p + i + q * kernel::kWidth) * Scalar(0);
+      for (int q = 0; q < 4; ++q) sum[q] += simd::load(p + i + q * simd::kWidth) * Scalar(0);
     for (; i < m.rows(); ++i) tail += p[i] * Scalar(0);
   }
-  return !std::isnan(kernel::sum_lanes((sum[0] + sum[1]) + (sum[2] + sum[3])) + tail);
+  return !std::isnan(simd::sum_lanes((sum[0] + sum[1]) + (sum[2] + sum[3])) + tail);
 }
 
 // Every check a request must pass before it is scored, without throwing or allocating:

@@ -15,9 +15,9 @@
 //           acc[r][c] += a_r * b_c
 // (RV * NR fused multiply-adds per RV + NR loads). The block shape is chosen for the
 // vector width the translation unit is compiled for: 4 x 6 vectors of 16 floats with
-// AVX-512 (32 registers), 2 x 4 otherwise (16 registers). The vectors are GCC/Clang
-// vector extensions, so the same code serves SSE2, AVX2 and AVX-512 builds; loads and
-// stores go through memcpy (no alignment is assumed).
+// AVX-512 (32 registers), 2 x 4 otherwise (16 registers). The vectors are age::simd's
+// (age/core/simd.hpp: GCC/Clang vector extensions or a portable fallback), so the same
+// code serves SSE2, AVX2 and AVX-512 builds; no alignment is assumed.
 //
 // Products with A transposed (the input gradient) run on the same kernel with transposed
 // copies of the weights, which Tower::commit_weights() keeps: A^T's rows are A's columns,
@@ -25,98 +25,30 @@
 #pragma once
 
 #include <cassert>
-#include <cstring>
-#include <utility>
+#include <cstddef>
 
-#if defined(__SSE2__)
-#include <immintrin.h>
-#endif
-
+#include "age/core/simd.hpp"
 #include "age/core/types.hpp"
-
-// The kernel's small helpers are inlined whatever the including translation unit's
-// inlining budget: GCC kept a per-vector finish helper and Finish::at() out of line in one
-// program built on these headers, and the calls per vector of a block cost ~8% of a
-// forward pass.
-#if defined(__GNUC__)
-#define AGE_KERNEL_INLINE inline __attribute__((always_inline))
-#else
-#define AGE_KERNEL_INLINE inline
-#endif
 
 namespace age::detail {
 
 namespace gemm_kernel {
 
-#if defined(__AVX512F__)
-inline constexpr int kWidth = 16;  // floats per vector
-inline constexpr int kRowVectors = 4;
-inline constexpr int kCols = 6;
-#elif defined(__AVX__)
-inline constexpr int kWidth = 8;
-inline constexpr int kRowVectors = 2;
-inline constexpr int kCols = 4;
-#else
-inline constexpr int kWidth = 4;
-inline constexpr int kRowVectors = 2;
-inline constexpr int kCols = 4;
-#endif
+using simd::kWidth;  // floats per vector
+// RV x NC accumulators plus RV row vectors and a broadcast in registers: 4 x 6 with 32
+// vector registers (AVX-512), 2 x 4 with 16.
+inline constexpr int kRowVectors = simd::kRegisters >= 32 ? 4 : 2;
+inline constexpr int kCols = simd::kRegisters >= 32 ? 6 : 4;
 
 static_assert(sizeof(Scalar) == 4, "the product kernels are written for float");
-typedef float Vec __attribute__((vector_size(kWidth * sizeof(float))));
-
-AGE_KERNEL_INLINE Vec load(const float* p) noexcept {
-  Vec v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-AGE_KERNEL_INLINE void store(float* p, Vec v) noexcept { std::memcpy(p, &v, sizeof v); }
-
-// One vector's lanes folded with `op` (a sum, a min) pairwise: each step combines the
-// lower and the upper half of the lanes, in registers (log2(kWidth) steps).
-// __builtin_shufflevector: GCC >= 12 and Clang.
-template <int W>
-struct Lanes {
-  typedef float type __attribute__((vector_size(W * sizeof(float))));
-};
-template <int W, class Op, std::size_t... I>
-inline float fold_lanes(typename Lanes<W>::type v, Op op, std::index_sequence<I...>) noexcept {
-  if constexpr (W == 1) {
-    return v[0];
-  } else {
-    const typename Lanes<W / 2>::type low = __builtin_shufflevector(v, v, static_cast<int>(I)...);
-    const typename Lanes<W / 2>::type high = __builtin_shufflevector(v, v, static_cast<int>(I + W / 2)...);
-    return fold_lanes<W / 2>(op(low, high), op, std::make_index_sequence<W / 4>{});
-  }
-}
-inline float sum_lanes(Vec v) noexcept {
-  return fold_lanes<kWidth>(v, [](auto a, auto b) { return a + b; }, std::make_index_sequence<kWidth / 2>{});
-}
-inline float min_lanes(Vec v) noexcept {
-  return fold_lanes<kWidth>(v, [](auto a, auto b) { return b < a ? b : a; }, std::make_index_sequence<kWidth / 2>{});
-}
-
-// |v| by clearing the sign bits.
-typedef int IntVec __attribute__((vector_size(kWidth * sizeof(int))));
-AGE_KERNEL_INLINE Vec abs_lanes(Vec v) noexcept {
-  return reinterpret_cast<Vec>(reinterpret_cast<IntVec>(v) & 0x7fffffff);
-}
-
-// max(*p, 0) in every lane, as one broadcast and one max: the operand of a product whose
-// X is read through its ReLU (relu_x below). max(0, v) keeps v when it is NaN or -0, like
-// relu_copy's v < 0 ? 0 : v.
-AGE_KERNEL_INLINE Vec broadcast_relu(const float* p) noexcept {
-#if defined(__AVX512F__)
-  return _mm512_max_ps(_mm512_setzero_ps(), _mm512_set1_ps(*p));
-#elif defined(__AVX__)
-  return _mm256_max_ps(_mm256_setzero_ps(), _mm256_set1_ps(*p));
-#elif defined(__SSE2__)
-  return _mm_max_ps(_mm_setzero_ps(), _mm_set1_ps(*p));
-#else
-  const float v = *p < 0.0f ? 0.0f : *p;
-  return Vec{} + v;
-#endif
-}
+using simd::broadcast_relu;
+using simd::load;
+using simd::relu;
+using simd::select;
+using simd::store;
+using simd::sum_lanes;
+using simd::Vec;
+using simd::zero;
 
 // How the output starts: from zero, from its own values (Y += A X), or from one column
 // c repeated for every candidate (Y = c 1^T + A X: a bias, or a shared user part).
@@ -160,7 +92,7 @@ struct OutputLogits {
 // Branch-free: a unit j with X+[j, n] = 0 is added with factor 0 (skipping those units,
 // about half, mispredicted a branch per unit and column).
 template <int NC, bool Masked>
-AGE_KERNEL_INLINE void output_logits_of(const OutputLogits& o, const float* y, long ldy, const float* x, long ldx,
+AGE_ALWAYS_INLINE void output_logits_of(const OutputLogits& o, const float* y, long ldy, const float* x, long ldx,
                                         long rows, float* out, float* masked_out) noexcept {
   const float s = o.scale, t = 1.0f - s;
   const std::size_t count = Masked ? o.changed : 0;
@@ -172,14 +104,14 @@ AGE_KERNEL_INLINE void output_logits_of(const OutputLogits& o, const float* y, l
       factor[q * NC + c] = o.changed_factor[q] * (a > 0.0f ? a : 0.0f);
     }
   Vec sum[NC], masked_sum[NC];
-  for (int c = 0; c < NC; ++c) sum[c] = masked_sum[c] = Vec{};
+  for (int c = 0; c < NC; ++c) sum[c] = masked_sum[c] = zero();
   long i = 0;
   for (; i + kWidth <= rows; i += kWidth) {
     const Vec w = load(o.weights + i);
     Vec p[NC];
     for (int c = 0; c < NC; ++c) {
       p[c] = load(y + c * ldy + i);
-      sum[c] += w * (p[c] < Vec{} ? Vec{} : p[c]);
+      sum[c] += w * relu(p[c]);
     }
     if constexpr (Masked) {
       const Vec bias = load(o.bias + i) * t;
@@ -189,7 +121,7 @@ AGE_KERNEL_INLINE void output_logits_of(const OutputLogits& o, const float* y, l
         for (int c = 0; c < NC; ++c) p[c] += w_j * factor[q * NC + c];
       }
       const Vec w_masked = load(o.masked_weights + i);
-      for (int c = 0; c < NC; ++c) masked_sum[c] += w_masked * (p[c] < Vec{} ? Vec{} : p[c]);
+      for (int c = 0; c < NC; ++c) masked_sum[c] += w_masked * relu(p[c]);
     }
   }
   for (int c = 0; c < NC; ++c) {
@@ -212,11 +144,8 @@ AGE_KERNEL_INLINE void output_logits_of(const OutputLogits& o, const float* y, l
 // line: inlined into the product, its pointers crowded the product's loop out of general
 // registers (stride reloads from the stack in every step of k, ~1.5x slower in one
 // program).
-#if defined(__GNUC__)
-__attribute__((noinline))
-#endif
-inline void output_logits(const OutputLogits& o, long m, long nc, long j, const float* x, long ldx, const float* y,
-                          long ldy) noexcept {
+AGE_NOINLINE inline void output_logits(const OutputLogits& o, long m, long nc, long j, const float* x, long ldx,
+                                       const float* y, long ldy) noexcept {
   float* out = o.out + j;
   float* masked_out = o.masked_out ? o.masked_out + j : nullptr;
   if (nc == kCols) {
@@ -252,7 +181,7 @@ struct Finish {
   const OutputLogits* output = nullptr;  // optional, with any kind: also OutputLogits of Y
 
   // The same finish for the block of Y starting at row i, column j.
-  AGE_KERNEL_INLINE Finish at(long i, long j) const noexcept {
+  AGE_ALWAYS_INLINE Finish at(long i, long j) const noexcept {
     Finish f = *this;
     if (f.relu) f.relu += j * ld + i;
     if (f.sign) f.sign += (f.sign_columns ? 0 : j * ld) + i;
@@ -260,14 +189,14 @@ struct Finish {
     return f;
   }
   // Offset of column c, row r of R or S in this block.
-  AGE_KERNEL_INLINE long offset(int c, long r) const noexcept {
+  AGE_ALWAYS_INLINE long offset(int c, long r) const noexcept {
     return (sign_columns ? sign_columns[c] : c) * ld + r;
   }
 };
 
 // The finish of one element (rows past the last whole vector); block() finishes its
 // vectors in registers, the same three kinds.
-AGE_KERNEL_INLINE float finish_scalar(float v, const Finish& f, int c, long r) noexcept {
+AGE_ALWAYS_INLINE float finish_scalar(float v, const Finish& f, int c, long r) noexcept {
   if (f.kind == Finish::relu_copy) {
     f.relu[f.offset(c, r)] = v < 0.0f ? 0.0f : v;
   } else if (f.kind == Finish::keep_if_positive) {
@@ -305,7 +234,7 @@ inline void block(long k_size, const float* a, long lda, const float* x, long ld
 #pragma GCC unroll 8
       for (int c = 0; c < NC; ++c)
 #pragma GCC unroll 8
-        for (int r = 0; r < RV; ++r) acc[r][c] = Vec{};
+        for (int r = 0; r < RV; ++r) acc[r][c] = zero();
       break;
   }
   for (long k = 0; k < k_size; ++k) {
@@ -337,7 +266,7 @@ inline void block(long k_size, const float* a, long lda, const float* x, long ld
 #pragma GCC unroll 8
         for (int r = 0; r < RV; ++r) {
           store(y + c * ldy + r * kWidth, acc[r][c]);
-          store(finish.relu + finish.offset(c, r * kWidth), acc[r][c] < Vec{} ? Vec{} : acc[r][c]);
+          store(finish.relu + finish.offset(c, r * kWidth), relu(acc[r][c]));
         }
       break;
     case Finish::keep_if_positive:
@@ -346,7 +275,7 @@ inline void block(long k_size, const float* a, long lda, const float* x, long ld
 #pragma GCC unroll 8
         for (int r = 0; r < RV; ++r) {
           const Vec sign = load(finish.sign + finish.offset(c, r * kWidth));
-          store(y + c * ldy + r * kWidth, sign > Vec{} ? acc[r][c] : Vec{});
+          store(y + c * ldy + r * kWidth, select(sign > zero(), acc[r][c], zero()));
         }
       break;
   }

@@ -19,29 +19,29 @@
 // NaN, +-inf give 1 and 0.
 #pragma once
 
+#include "age/core/simd.hpp"
 #include "age/core/types.hpp"
-#include "age/model/gemm.hpp"
 
 namespace age {
 namespace detail {
 
 // sigmoid() of every lane of z (see the top of this file).
-inline gemm_kernel::Vec sigmoid_lanes(gemm_kernel::Vec z) noexcept {
-  namespace kernel = gemm_kernel;
-  using Vec = kernel::Vec;
-  using IntVec = kernel::IntVec;
+inline simd::Vec sigmoid_lanes(simd::Vec z) noexcept {
+  using simd::broadcast;
+  using simd::IntVec;
+  using simd::Vec;
   constexpr float kLowest = -87.3f;                 // exp(kLowest) ~ 1.2e-38 >= FLT_MIN
   constexpr float kLog2e = 1.44269504088896341f;
   constexpr float kLn2High = 0.693359375f;          // ln 2 = kLn2High + kLn2Low, kLn2High
   constexpr float kLn2Low = -2.12194440e-4f;        // with few mantissa bits: n kLn2High is exact
   constexpr float kRound = 12582912.0f;             // 1.5 * 2^23: t + kRound rounds t to an integer
-  const Vec x_raw = -kernel::abs_lanes(z);
-  const Vec x = x_raw < kLowest ? Vec{} + kLowest : x_raw;
+  const Vec x_raw = -simd::abs(z);
+  const Vec x = simd::select(x_raw < kLowest, broadcast(kLowest), x_raw);
   // n = round(x / ln2) in [-126, 0], as a float and in the low bits of t.
   const Vec t = x * kLog2e + kRound;
   const Vec n = t - kRound;
   const Vec r = (x - n * kLn2High) - n * kLn2Low;
-  Vec p = Vec{} + 1.9875691500e-4f;
+  Vec p = broadcast(1.9875691500e-4f);
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
@@ -49,30 +49,29 @@ inline gemm_kernel::Vec sigmoid_lanes(gemm_kernel::Vec z) noexcept {
   p = p * r + 5.0000001201e-1f;
   const Vec exp_r = p * (r * r) + r + 1.0f;
   // 2^n: n + 127 (>= 1) in the exponent field.
-  const IntVec exponent = (reinterpret_cast<IntVec>(t) - reinterpret_cast<IntVec>(Vec{} + kRound) + 127) << 23;
-  Vec e = exp_r * reinterpret_cast<Vec>(exponent);
-  e = x_raw < kLowest ? Vec{} : e;  // also -inf; NaN compares false and stays NaN
-  const Vec numerator = z >= 0.0f ? Vec{} + 1.0f : e;
+  const IntVec exponent = (simd::as_ints(t) - simd::as_ints(broadcast(kRound)) + 127) << 23;
+  Vec e = exp_r * simd::as_floats(exponent);
+  e = simd::select(x_raw < kLowest, simd::zero(), e);  // also -inf; NaN compares false and stays NaN
+  const Vec numerator = simd::select(z >= 0.0f, broadcast(1.0f), e);
   return numerator / (1.0f + e);
 }
 
 // p[i] = sigmoid(p[i]) for i < n.
 inline void sigmoid_in_place_n(Scalar* p, Index n) noexcept {
-  namespace kernel = gemm_kernel;
   Index i = 0;
-  for (; i + kernel::kWidth <= n; i += kernel::kWidth) kernel::store(p + i, sigmoid_lanes(kernel::load(p + i)));
+  for (; i + simd::kWidth <= n; i += simd::kWidth) simd::store(p + i, sigmoid_lanes(simd::load(p + i)));
   if (i < n) {
     // The tail through one vector, so that every value takes the same instructions.
-    Scalar tail[kernel::kWidth] = {};
+    Scalar tail[simd::kWidth] = {};
     for (Index j = i; j < n; ++j) tail[j - i] = p[j];
-    kernel::store(tail, sigmoid_lanes(kernel::load(tail)));
+    simd::store(tail, sigmoid_lanes(simd::load(tail)));
     for (Index j = i; j < n; ++j) p[j] = tail[j - i];
   }
 }
 
 }  // namespace detail
 
-inline Scalar sigmoid(Scalar z) noexcept { return detail::sigmoid_lanes(detail::gemm_kernel::Vec{} + z)[0]; }
+inline Scalar sigmoid(Scalar z) noexcept { return detail::sigmoid_lanes(simd::broadcast(z))[0]; }
 
 // In place over a contiguous row of probabilities-to-be (e.g. a request's logits).
 inline void sigmoid_in_place(Eigen::Ref<RowVector> z) noexcept { detail::sigmoid_in_place_n(z.data(), z.size()); }

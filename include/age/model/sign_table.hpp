@@ -34,12 +34,8 @@
 #include <limits>
 #include <utility>
 
-#if defined(__SSE2__)
-#include <immintrin.h>
-#endif
-
+#include "age/core/simd.hpp"
 #include "age/core/types.hpp"
-#include "age/model/gemm.hpp"
 
 namespace age::detail {
 
@@ -57,14 +53,14 @@ class SignTable {
   static constexpr Index kGateWords = 1024;
   static constexpr Index kMaxRows = kGateWords * 64 / 8;
   static constexpr bool applies(Index rows, Index units) noexcept {
-    return units >= 1 && units <= kMaxUnits && rows >= gemm_kernel::kWidth && rows % gemm_kernel::kWidth == 0 &&
+    return units >= 1 && units <= kMaxUnits && rows >= simd::kWidth && rows % simd::kWidth == 0 &&
            rows <= kMaxRows;
   }
 
   // Tabulates B = at diag(w) (at: rows x units, w: units). Empties the table when the
   // shape does not apply.
   void build(const ConstMatrixRef& at, const Eigen::Ref<const RowVector>& w) {
-    constexpr int width = gemm_kernel::kWidth;
+    constexpr int width = simd::kWidth;
     rows_ = at.rows();
     units_ = at.cols();
     if (!applies(rows_, units_)) {
@@ -79,20 +75,19 @@ class SignTable {
     // table order. This runs on every commit, i.e. after every optimizer step: plain
     // vector code (Eigen expressions on blocks of one vector cost more than their
     // arithmetic, and a slice-strided order thrashes a cache set).
-    namespace kernel = gemm_kernel;
     Scalar* out = table_.data();
     for (Index s = 0; s < slices; ++s)
       for (int g = 0; g < groups_; ++g) {
-        kernel::Vec column[kGroupBits];
+        simd::Vec column[kGroupBits];
         for (int b = 0; b < kGroupBits; ++b) {
           const Index unit = static_cast<Index>(g) * kGroupBits + b;
-          column[b] = unit < units_ ? kernel::load(at.col(unit).data() + s * width) * w[unit] : kernel::Vec{};
+          column[b] = unit < units_ ? simd::load(at.col(unit).data() + s * width) * w[unit] : simd::zero();
         }
-        kernel::Vec entry[kEntries];
-        entry[0] = kernel::Vec{};
+        simd::Vec entry[kEntries];
+        entry[0] = simd::zero();
         for (int e = 1; e < kEntries; ++e)
-          entry[e] = entry[e & (e - 1)] + column[__builtin_ctz(static_cast<unsigned>(e))];
-        for (int e = 0; e < kEntries; ++e, out += width) kernel::store(out, entry[e]);
+          entry[e] = entry[e & (e - 1)] + column[std::countr_zero(static_cast<unsigned>(e))];
+        for (int e = 0; e < kEntries; ++e, out += width) simd::store(out, entry[e]);
       }
   }
   void clear() noexcept {
@@ -119,8 +114,7 @@ class SignTable {
   // `below`, over top only). Requires !empty() and y.rows() == rows().
   void multiply(const Matrix& top, const Index* columns, const Eigen::Ref<const RowVector>& d, const Matrix* below,
                 MatrixRef y, const SmallestRatio* ratio = nullptr) const noexcept {
-    namespace kernel = gemm_kernel;
-    constexpr int width = kernel::kWidth;
+    constexpr int width = simd::kWidth;
     constexpr int lanes = 4;  // candidates summed together
     const Index k = y.cols();
     const Index slices = rows_ / width;
@@ -149,15 +143,17 @@ class SignTable {
         const Scalar* slice = table_.data() + s * slice_size;
         // This slice's rows in the gate words: kWidth bits from bit `shift` of word `word`.
         const Index word = s * width / 64, shift = s * width % 64;
-        const auto gate = [&](kernel::Vec acc, Index c) {
+        const auto gate = [&](simd::Vec acc, Index c) {
           acc *= d[n0 + c];
-          if (below)
-            acc = lanes_of(gates[static_cast<std::size_t>(c * gate_words + word)] >> shift) ? acc : kernel::Vec{};
-          kernel::store(y.col(n0 + c).data() + s * width, acc);
+          if (below) {
+            const auto bits = static_cast<unsigned>(gates[static_cast<std::size_t>(c * gate_words + word)] >> shift);
+            acc = simd::select(simd::mask_of_bits(bits), acc, simd::zero());
+          }
+          simd::store(y.col(n0 + c).data() + s * width, acc);
         };
         Index c = 0;
         for (; c + lanes <= m; c += lanes) {
-          kernel::Vec acc[lanes] = {};
+          simd::Vec acc[lanes] = {};
           // A group's entry is read from the pattern in a register (shift and mask): no
           // offsets are loaded from memory, as loads and address arithmetic bound this loop.
           for (int w = 0; w * kGroupsPerWord < groups_; ++w) {
@@ -172,16 +168,16 @@ class SignTable {
               continue;
             }
             for (int g = 0; g < end; ++g, group += kEntries * width)
-              for (int q = 0; q < lanes; ++q) acc[q] += kernel::load(group + entry_of(bits[q], g) * width);
+              for (int q = 0; q < lanes; ++q) acc[q] += simd::load(group + entry_of(bits[q], g) * width);
           }
           for (int q = 0; q < lanes; ++q) gate(acc[q], c + q);
         }
         for (; c < m; ++c) {
-          kernel::Vec acc = {};
+          simd::Vec acc = simd::zero();
           const Pattern& bits = patterns[static_cast<std::size_t>(c)];
           for (int g = 0; g < groups_; ++g)
-            acc += kernel::load(slice +
-                                (g * kEntries + entry_of(bits[g / kGroupsPerWord], g % kGroupsPerWord)) * width);
+            acc += simd::load(slice +
+                              (g * kEntries + entry_of(bits[g / kGroupsPerWord], g % kGroupsPerWord)) * width);
           gate(acc, c);
         }
       }
@@ -199,14 +195,14 @@ class SignTable {
   // through memory (the table pass ran 1.6-2x slower in a build where GCC made add_word
   // a call).
   template <int Lanes, int... G>
-  AGE_KERNEL_INLINE static void add_word(gemm_kernel::Vec (&acc)[Lanes], const std::uint64_t (&bits)[Lanes],
+  AGE_ALWAYS_INLINE static void add_word(simd::Vec (&acc)[Lanes], const std::uint64_t (&bits)[Lanes],
                                          const Scalar* group, std::integer_sequence<int, G...>) noexcept {
-    (add_group<G>(acc, bits, group + G * kEntries * gemm_kernel::kWidth), ...);
+    (add_group<G>(acc, bits, group + G * kEntries * simd::kWidth), ...);
   }
   template <int G, int Lanes>
-  AGE_KERNEL_INLINE static void add_group(gemm_kernel::Vec (&acc)[Lanes], const std::uint64_t (&bits)[Lanes],
+  AGE_ALWAYS_INLINE static void add_group(simd::Vec (&acc)[Lanes], const std::uint64_t (&bits)[Lanes],
                                           const Scalar* group) noexcept {
-    constexpr int kEntryBytesLog2 = std::countr_zero(static_cast<unsigned>(gemm_kernel::kWidth * sizeof(Scalar)));
+    constexpr int kEntryBytesLog2 = std::countr_zero(static_cast<unsigned>(simd::kWidth * sizeof(Scalar)));
     constexpr int shift = kGroupBits * G - kEntryBytesLog2;  // the group's bits to the entry's byte offset
     constexpr std::uint64_t mask = std::uint64_t{kEntries - 1} << kEntryBytesLog2;
     const char* base = reinterpret_cast<const char*>(group);
@@ -216,7 +212,7 @@ class SignTable {
         offset = (bits[q] >> shift) & mask;
       else
         offset = (bits[q] << -shift) & mask;
-      acc[q] += gemm_kernel::load(reinterpret_cast<const Scalar*>(base + offset));
+      acc[q] += simd::load(reinterpret_cast<const Scalar*>(base + offset));
     }
   }
 
@@ -226,42 +222,25 @@ class SignTable {
   }
 
   Pattern pattern(const Scalar* p) const noexcept {
-    constexpr int width = gemm_kernel::kWidth;
+    constexpr int width = simd::kWidth;
     Pattern bits{};
     const Index full = units_ / width * width;
     for (Index i = 0; i < full; i += width)
-      bits[static_cast<std::size_t>(i / 64)] |= static_cast<std::uint64_t>(positive_bits(p + i)) << (i % 64);
+      bits[static_cast<std::size_t>(i / 64)] |= static_cast<std::uint64_t>(simd::positive_bits(p + i)) << (i % 64);
     for (Index i = full; i < units_; ++i)
       bits[static_cast<std::size_t>(i / 64)] |= static_cast<std::uint64_t>(p[i] > Scalar(0)) << (i % 64);
     return bits;
   }
 
-  // Bit i set when p[i] > 0 (false for NaN), for one vector of floats.
-  static unsigned positive_bits(const Scalar* p) noexcept {
-#if defined(__AVX512F__)
-    return _mm512_cmp_ps_mask(_mm512_loadu_ps(p), _mm512_setzero_ps(), _CMP_GT_OQ);
-#elif defined(__AVX__)
-    const __m256 positive = _mm256_cmp_ps(_mm256_loadu_ps(p), _mm256_setzero_ps(), _CMP_GT_OQ);
-    return static_cast<unsigned>(_mm256_movemask_ps(positive));
-#elif defined(__SSE2__)
-    return static_cast<unsigned>(_mm_movemask_ps(_mm_cmpgt_ps(_mm_loadu_ps(p), _mm_setzero_ps())));
-#else
-    unsigned bits = 0;
-    for (int i = 0; i < gemm_kernel::kWidth; ++i) bits |= static_cast<unsigned>(p[i] > Scalar(0)) << i;
-    return bits;
-#endif
-  }
-
   // min over i < count of |p[i]| * inverse[i].
   static Scalar smallest_ratio(const Scalar* p, const Scalar* inverse, Index count) noexcept {
-    namespace kernel = gemm_kernel;
-    kernel::Vec smallest = kernel::Vec{} + std::numeric_limits<Scalar>::infinity();
+    simd::Vec smallest = simd::broadcast(std::numeric_limits<Scalar>::infinity());
     Index i = 0;
-    for (; i + kernel::kWidth <= count; i += kernel::kWidth) {
-      const kernel::Vec v = kernel::abs_lanes(kernel::load(p + i)) * kernel::load(inverse + i);
-      smallest = v < smallest ? v : smallest;
+    for (; i + simd::kWidth <= count; i += simd::kWidth) {
+      const simd::Vec v = simd::abs(simd::load(p + i)) * simd::load(inverse + i);
+      smallest = simd::min(smallest, v);
     }
-    Scalar tail = kernel::min_lanes(smallest);
+    Scalar tail = simd::min_lanes(smallest);
     for (; i < count; ++i) tail = std::min(tail, std::abs(p[i]) * inverse[i]);
     return tail;
   }
@@ -269,30 +248,17 @@ class SignTable {
   // Bits i of `words` (64 a word) set where p[i] > 0, for i < rows(); returns the smallest
   // |p[i]| * inverse[i] (0 without `inverse`).
   Scalar gate_bits(const Scalar* p, const Scalar* inverse, std::uint64_t* words) const noexcept {
-    namespace kernel = gemm_kernel;
-    constexpr int width = kernel::kWidth;
-    kernel::Vec smallest = kernel::Vec{} + std::numeric_limits<Scalar>::infinity();
+    constexpr int width = simd::kWidth;
+    simd::Vec smallest = simd::broadcast(std::numeric_limits<Scalar>::infinity());
     std::fill(words, words + (rows_ + 63) / 64, std::uint64_t{0});
     for (Index i = 0; i < rows_; i += width) {  // rows() is a whole number of vectors
-      words[i / 64] |= static_cast<std::uint64_t>(positive_bits(p + i)) << (i % 64);
+      words[i / 64] |= static_cast<std::uint64_t>(simd::positive_bits(p + i)) << (i % 64);
       if (inverse) {
-        const kernel::Vec v = kernel::abs_lanes(kernel::load(p + i)) * kernel::load(inverse + i);
-        smallest = v < smallest ? v : smallest;
+        const simd::Vec v = simd::abs(simd::load(p + i)) * simd::load(inverse + i);
+        smallest = simd::min(smallest, v);
       }
     }
-    return inverse ? kernel::min_lanes(smallest) : Scalar(0);
-  }
-
-  // Lane i true where bit i of `bits` is set (the lowest kWidth bits).
-  static gemm_kernel::IntVec lanes_of(std::uint64_t bits) noexcept {
-    namespace kernel = gemm_kernel;
-    return ((kernel::IntVec{} + static_cast<int>(bits & ((std::uint64_t{1} << kernel::kWidth) - 1))) &
-            lane_bits()) != kernel::IntVec{};
-  }
-  static gemm_kernel::IntVec lane_bits() noexcept {
-    gemm_kernel::IntVec v;
-    for (int i = 0; i < gemm_kernel::kWidth; ++i) v[i] = 1 << i;
-    return v;
+    return inverse ? simd::min_lanes(smallest) : Scalar(0);
   }
 
   Matrix table_;  // kWidth x (slices x groups x 16): entry (s, g, e) is one column

@@ -45,6 +45,7 @@
 #include "age/core/limits.hpp"
 #include "age/core/rng.hpp"
 #include "age/core/scratch.hpp"
+#include "age/core/simd.hpp"
 #include "age/core/types.hpp"
 #include "age/model/dropout.hpp"
 #include "age/model/gemm.hpp"
@@ -562,7 +563,7 @@ class Tower {
         // pre0's rows are 4 * H0 bytes apart, a cache miss per changed unit and candidate:
         // fetched a few candidates ahead.
         if (n + 8 < k)
-          for (Index j : rq.changed) __builtin_prefetch(&pre0(j, cached_column(rq, n + 8)));
+          for (Index j : rq.changed) simd::prefetch(&pre0(j, cached_column(rq, n + 8)));
         const Index c = cached_column(rq, n);
         Scalar base_logit;  // the cached one; computed again with the masked logit (2 of ~40 operations)
         detail::gemm_kernel::output_logits_of<1, true>(masked, ws.pre[1].col(c).data(), h1, pre0.col(c).data(), h0,
@@ -677,7 +678,6 @@ class Tower {
   // request_moved_logits() does.
   bool request_normalized_move_logits(Eigen::Ref<const RowVector> d_logit, Eigen::Ref<const RowVector> length,
                                       TowerWorkspace& ws, Eigen::Ref<RowVector> out) const {
-    namespace kernel = detail::gemm_kernel;
     require_request(ws, "request_normalized_move_logits");
     if (!linear_moves_ || !weights_committed_) return false;
     TowerRequestScratch& rq = ws.request;
@@ -698,13 +698,13 @@ class Tower {
     detail::scratch_head(rq.gathered_logit, k);
     for (Index n = 0; n < k; ++n) {
       const Scalar* u = unit.col(n).data();
-      kernel::Vec sum{};
+      simd::Vec sum = simd::zero();
       Index i = 0;
-      for (; i + kernel::kWidth <= di; i += kernel::kWidth) {
-        const kernel::Vec v = kernel::load(u + i);
+      for (; i + simd::kWidth <= di; i += simd::kWidth) {
+        const simd::Vec v = simd::load(u + i);
         sum += v * v;
       }
-      Scalar squared = kernel::sum_lanes(sum);
+      Scalar squared = simd::sum_lanes(sum);
       for (; i < di; ++i) squared += u[i] * u[i];
       const double unit_norm = std::sqrt(static_cast<double>(squared));
       const double norm = std::abs(static_cast<double>(d_logit[n])) * unit_norm;  // ||g_n||
@@ -1044,25 +1044,24 @@ class Tower {
   // the r.size() candidates, candidate n in column columns[n] (nullptr: n) of `pre`.
   void fold_smallest_ratios(const std::vector<Matrix>& pre_of, const Index* columns, std::size_t first,
                             std::size_t last, Eigen::Ref<RowVector> r) const {
-    namespace kernel = detail::gemm_kernel;
     if (first >= last) return;
     for (Index n = 0; n < r.size(); ++n) {
       const Index c = columns ? columns[n] : n;
-      kernel::Vec smallest = kernel::Vec{} + r[n];
+      simd::Vec smallest = simd::broadcast(r[n]);
       Scalar tail = r[n];
       for (std::size_t l = first; l < last; ++l) {
         const Scalar* pre = pre_of[l].col(c).data();
         const Scalar* inv = inverse_move_bound_[l].data();
         const Index h = pre_of[l].rows();
         Index i = 0;
-        for (; i + kernel::kWidth <= h; i += kernel::kWidth) {
-          const kernel::Vec p = kernel::load(pre + i);
-          const kernel::Vec v = kernel::abs_lanes(p) * kernel::load(inv + i);
-          smallest = v < smallest ? v : smallest;
+        for (; i + simd::kWidth <= h; i += simd::kWidth) {
+          const simd::Vec p = simd::load(pre + i);
+          const simd::Vec v = simd::abs(p) * simd::load(inv + i);
+          smallest = simd::min(smallest, v);
         }
         for (; i < h; ++i) tail = std::min(tail, std::abs(pre[i]) * inv[i]);
       }
-      r[n] = std::min(tail, kernel::min_lanes(smallest));
+      r[n] = std::min(tail, simd::min_lanes(smallest));
     }
   }
 
