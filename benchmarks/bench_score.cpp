@@ -91,10 +91,10 @@ void with_policy(Policy p, F&& fn) {
 // last moved pass (PGD's final one). 0 for greedy and when nothing moved.
 template <class Ws>
 std::int64_t full_moves(const Ws& ws, std::int64_t open) {
-  if constexpr (requires { ws.model.request.full_moves; }) {
-    const TowerRequestScratch& rq = ws.model.request;
-    if (!rq.moved_valid) return 0;
-    return rq.moved_linear ? static_cast<std::int64_t>(rq.full_moves.size()) : open;
+  if constexpr (requires { ws.engine.model.request.full_moves; }) {
+    const TowerRequestScratch& rq = ws.engine.model.request;
+    if (!age::detail::has_moved_pass(rq.stage)) return 0;
+    return rq.stage == RequestStage::gradient_linear ? static_cast<std::int64_t>(rq.full_moves.size()) : open;
   } else {
     return 0;
   }

@@ -97,7 +97,7 @@ struct Workload {
     tower.logits(u, x, nullptr, ws, z);
     const Matrix none(0, 1);
     dgu.logits(none, x, nullptr, ws, zd);
-    dgu.bias(1)[0] += z.mean() - zd.mean();
+    dgu.edit().bias(1)[0] += z.mean() - zd.mean();
   }
 };
 

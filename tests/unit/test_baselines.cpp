@@ -401,19 +401,23 @@ TEST_CASE("gradient uncertainty: closed form equals per-candidate backward and f
     const double h = 1e-3;
     double quad = 0;
     for (std::size_t l = 0; l < t.num_layers(); ++l) {
-      auto fd = [&](Scalar& w, Scalar u) {
-        const Scalar keep = w;
-        w = keep + static_cast<Scalar>(h);
+      // Parameter i of layer l's weights (or bias), changed through an Edit.
+      auto fd = [&](bool bias, Index i, Scalar u) {
+        auto set = [&](Scalar v) {
+          Tower::Edit e = probe.edit();
+          (bias ? e.bias(l).data() : e.weight(l).data())[i] = v;
+        };
+        const Scalar keep = (bias ? probe.bias(l).data() : probe.weight(l).data())[i];
+        set(keep + static_cast<Scalar>(h));
         const double up = logit();
-        w = keep - static_cast<Scalar>(h);
+        set(keep - static_cast<Scalar>(h));
         const double down = logit();
-        w = keep;
+        set(keep);
         const double g = (up - down) / (2 * h);
         quad += g * g / u;
       };
-      for (Index i = 0; i < probe.weight(l).size(); ++i)
-        fd(probe.weight(l).data()[i], ucb.precision().weights[l].data()[i]);
-      for (Index i = 0; i < probe.bias(l).size(); ++i) fd(probe.bias(l).data()[i], ucb.precision().biases[l].data()[i]);
+      for (Index i = 0; i < probe.weight(l).size(); ++i) fd(false, i, ucb.precision().weights[l].data()[i]);
+      for (Index i = 0; i < probe.bias(l).size(); ++i) fd(true, i, ucb.precision().biases[l].data()[i]);
     }
     CHECK(sigma[cand] == Approx(nu * std::sqrt(lambda * quad)).epsilon(2e-3));
   }
@@ -477,13 +481,16 @@ TEST_CASE("gradient uncertainty shrinks for an arm that is shown often", "[basel
     // Item A = (1,1,0,0) activates hidden units 0,1 only and B = (0,0,1,1) units 2,3 only,
     // so their weight gradients share nothing but the output bias.
     Tower t(1, 4, {4});
-    t.weight(0) << 0, 1.0, 0.5, 0, 0,  //
-        0, 0.5, 1.0, 0, 0,             //
-        0, 0, 0, 1.0, 0.5,             //
-        0, 0, 0, 0.5, 1.0;
-    t.bias(0).setConstant(-0.1f);
-    t.weight(1) << 0.8f, -0.6f, 0.7f, -0.5f;
-    t.bias(1).setConstant(-1.0f);
+    {
+      Tower::Edit e = t.edit();
+      e.weight(0) << 0, 1.0, 0.5, 0, 0,  //
+          0, 0.5, 1.0, 0, 0,             //
+          0, 0, 0, 1.0, 0.5,             //
+          0, 0, 0, 0.5, 1.0;
+      e.bias(0).setConstant(-0.1f);
+      e.weight(1) << 0.8f, -0.6f, 0.7f, -0.5f;
+      e.bias(1).setConstant(-1.0f);
+    }
     Matrix user(1, 1);
     user << 0.5f;
     Matrix items(4, 2);

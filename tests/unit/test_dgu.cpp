@@ -18,7 +18,7 @@ namespace {
 // A DGU whose output is sigmoid(b) for every item: zero weights, output bias b.
 Tower constant_dgu(std::size_t item_dim, Scalar b) {
   Tower t = make_dgu_tower(item_dim, 4);
-  t.bias(1).setConstant(b);
+  t.edit().bias(1).setConstant(b);
   return t;
 }
 

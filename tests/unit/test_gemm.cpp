@@ -192,39 +192,59 @@ TEST_CASE("product kernel: operands that are column ranges of larger matrices", 
   CHECK(max_error(y, w_item * x_rows, 11) < 1e-6);
 }
 
-TEST_CASE("tower: committed transposed weights give the same input gradient as Eigen's product", "[gemm]") {
+// A tower with t's weights, built from scratch (its tables never saw other weights).
+Tower fresh_copy(const Tower& t) {
+  Tower copy(t.user_dim(), t.item_dim(), t.hidden());
+  Tower::Edit e = copy.edit();
+  for (std::size_t l = 0; l < t.num_layers(); ++l) {
+    e.weight(l) = t.weight(l);
+    e.bias(l) = t.bias(l);
+  }
+  return copy;
+}
+
+TEST_CASE("tower: an edit rebuilds the tables the input gradient reads, and no pass runs while it is open",
+          "[gemm]") {
   Rng rng(13, 3);
   Tower tower(20, 24, {40, 17});
   tower.initialize(rng);
-  REQUIRE(tower.weights_committed());  // initialize() commits
+  REQUIRE_FALSE(tower.editing());  // initialize() commits
   const Matrix user = random_matrix(20, 1, rng), items = random_matrix(24, 9, rng);
 
   TowerWorkspace ws;
   RowVector prob(9);
-  Matrix fast, plain;
-  tower.probability_gradient(user, items, nullptr, ws, prob, &fast);
-
-  // Write access marks the tower edited: the gradient falls back to Eigen's product.
-  tower.weight(1)(0, 0) += 0.0f;
-  REQUIRE_FALSE(tower.weights_committed());
-  tower.probability_gradient(user, items, nullptr, ws, prob, &plain);
-  CHECK(max_error(fast, plain, 40) < 1e-6);
-
-  // An edit that is not committed is still seen by the gradient (no stale copy) ...
-  tower.weight(1)(3, 5) += 0.5f;
-  tower.weight(0)(7, 20 + 2) -= 0.25f;  // an item-part weight of layer 0
-  Matrix edited;
+  Matrix before, edited, reference;
+  tower.probability_gradient(user, items, nullptr, ws, prob, &before);
+  {
+    Tower::Edit e = tower.edit();
+    e.weight(1)(3, 5) += 0.5f;
+    e.weight(0)(7, 20 + 2) -= 0.25f;  // an item-part weight of layer 0
+    CHECK(tower.editing());
+    // The tables still hold the old weights: every pass refuses.
+    CHECK_THROWS_WITH(tower.probability_gradient(user, items, nullptr, ws, prob, &edited),
+                      Catch::Contains("Tower::Edit"));
+    CHECK_THROWS_AS(tower.begin_request(user, items, ws, prob), InputError);
+    CHECK_THROWS_AS(tower.logits(user, items, nullptr, ws, prob), InputError);
+  }
+  CHECK_FALSE(tower.editing());
   tower.probability_gradient(user, items, nullptr, ws, prob, &edited);
-  CHECK(max_error(edited, plain, 40) > 1e-4);
-  // ... and after commit_weights() the kernel's copies agree with it.
-  tower.commit_weights();
-  REQUIRE(tower.weights_committed());
-  Matrix committed;
-  tower.probability_gradient(user, items, nullptr, ws, prob, &committed);
-  CHECK(max_error(committed, edited, 40) < 1e-6);
+  CHECK(max_error(edited, before, 40) > 1e-4);
+  // The same gradient as a tower that only ever had the new weights.
+  const Tower fresh = fresh_copy(tower);
+  TowerWorkspace fresh_ws;
+  fresh.probability_gradient(user, items, nullptr, fresh_ws, prob, &reference);
+  CHECK(max_error(edited, reference, 40) == 0.0);
+  // Nested edits commit once, when the last one ends.
+  {
+    Tower::Edit outer = tower.edit();
+    { Tower::Edit inner = tower.edit(); }
+    CHECK(tower.editing());
+  }
+  CHECK_FALSE(tower.editing());
+  CHECK_THROWS_AS(tower.edit().weight(9), std::exception);
 }
 
-TEST_CASE("tower: an optimizer step commits the weights it changes", "[gemm]") {
+TEST_CASE("tower: an optimizer step rebuilds the tables of the weights it changes", "[gemm]") {
   Rng rng(14, 3);
   Tower tower(6, 8, {16});
   tower.initialize(rng);
@@ -233,10 +253,16 @@ TEST_CASE("tower: an optimizer step commits the weights it changes", "[gemm]") {
     grads.weights.push_back(Matrix::Ones(tower.weight(l).rows(), tower.weight(l).cols()));
     grads.biases.push_back(Vector::Ones(tower.bias(l).size()));
   }
-  REQUIRE_FALSE(tower.weights_committed());  // weight(l) above was write access
   TowerOptimizer<Sgd> sgd(Sgd{.lr = 0.1});
   sgd.update(tower, grads);
-  CHECK(tower.weights_committed());
+  CHECK_FALSE(tower.editing());
+  const Matrix user = random_matrix(6, 1, rng), items = random_matrix(8, 5, rng);
+  TowerWorkspace a, b;
+  RowVector prob(5);
+  Matrix stepped, reference;
+  tower.probability_gradient(user, items, nullptr, a, prob, &stepped);
+  fresh_copy(tower).probability_gradient(user, items, nullptr, b, prob, &reference);
+  CHECK(max_error(stepped, reference, 16) == 0.0);
 }
 
 TEST_CASE("tower: the fused passes at this build's vector width agree with the plain ones", "[gemm]") {
@@ -450,7 +476,7 @@ TEST_CASE("tower: the input gradient with and without the sign table", "[gemm]")
         // product) are request_linear_radius()'s, bit for bit.
         RowVector radius(k);
         tower.request_linear_radius(ws, radius);
-        REQUIRE(ws.request.radius_valid);
+        REQUIRE(detail::has_gradient(ws.request.stage));
         CHECK(ws.request.radius.head(k) == radius);
         tower.request_item_gradient(d, ws, by_table);  // tables on again
         CHECK(ws.request.radius.head(k) == radius);
@@ -458,20 +484,19 @@ TEST_CASE("tower: the input gradient with and without the sign table", "[gemm]")
       }
     }
   }
-  // An edited tower runs the product until commit_weights() rebuilds the table.
+  // An edit of the output weights rebuilds the table when it ends.
   Tower tower(6, 8, {2 * wu, 16});
   tower.initialize(rng);
   const Matrix user = random_matrix(6, 1, rng), items = random_matrix(8, 5, rng);
   TowerWorkspace ws, plain;
   RowVector z(5);
-  tower.weight(2)(0, 3) += 1.0f;  // the output weights: the table is stale
-  Matrix edited(8, 5), committed(8, 5);
+  Matrix before(8, 5), committed(8, 5);
   tower.begin_request(user, items, ws, z);
-  tower.request_item_gradient(RowVector::Ones(5), ws, edited);
-  tower.commit_weights();
+  tower.request_item_gradient(RowVector::Ones(5), ws, before);
+  tower.edit().weight(2)(0, 3) += 1.0f;
   tower.begin_request(user, items, ws, z);
   tower.request_item_gradient(RowVector::Ones(5), ws, committed);
-  CHECK(max_error(edited, committed, 128) < 1e-6);
+  CHECK(max_error(before, committed, 128) > 1e-4);
   RowVector prob(5);
   Matrix reference;
   tower.probability_gradient(user, items, nullptr, plain, prob, &reference);

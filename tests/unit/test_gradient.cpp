@@ -94,23 +94,30 @@ struct Comparison {
   }
 };
 
-// Central difference of `eval` in the scalar `x`, or false when a ReLU flips.
-template <class Eval>
-bool central_difference(Scalar& x, const std::vector<bool>& pattern, Eval&& eval, std::vector<double>& out) {
-  const Scalar saved = x;
-  x = saved + kStep;
+// Central difference of `eval` in a scalar at `saved`, written through `set` (a tower
+// parameter: through Tower::edit()), or false when a ReLU flips.
+template <class Set, class Eval>
+bool central_difference(Scalar saved, Set&& set, const std::vector<bool>& pattern, Eval&& eval,
+                        std::vector<double>& out) {
+  set(saved + kStep);
   std::vector<double> plus;
   const bool same_plus = eval(plus) == pattern;
-  x = saved - kStep;
+  set(saved - kStep);
   std::vector<double> minus;
   const bool same_minus = eval(minus) == pattern;
-  x = saved;
+  set(saved);
   if (!same_plus || !same_minus) return false;
   // The step actually taken in float, not the nominal one.
   const double h2 = static_cast<double>(saved + kStep) - static_cast<double>(saved - kStep);
   out.resize(plus.size());
   for (std::size_t i = 0; i < plus.size(); ++i) out[i] = (plus[i] - minus[i]) / h2;
   return true;
+}
+// The same for a scalar `x` the caller holds.
+template <class Eval>
+bool central_difference(Scalar& x, const std::vector<bool>& pattern, Eval&& eval, std::vector<double>& out) {
+  return central_difference(
+      x, [&](Scalar v) { x = v; }, pattern, eval, out);
 }
 
 struct Shape {
@@ -298,14 +305,16 @@ TEST_CASE("every tower parameter gradient of the BCE loss matches finite differe
         REQUIRE(grads.weights[l].rows() == tower.weight(l).rows());
         REQUIRE(grads.weights[l].cols() == tower.weight(l).cols());
         for (Index i = 0; i < tower.weight(l).size(); ++i) {
-          if (central_difference(tower.weight(l).data()[i], pattern, eval, fd))
+          const auto set = [&](Scalar v) { tower.edit().weight(l).data()[i] = v; };
+          if (central_difference(tower.weight(l).data()[i], set, pattern, eval, fd))
             cmp.add(grads.weights[l].data()[i], fd[0]);
           else
             cmp.skip();
         }
         REQUIRE(grads.biases[l].size() == tower.bias(l).size());
         for (Index i = 0; i < tower.bias(l).size(); ++i) {
-          if (central_difference(tower.bias(l).data()[i], pattern, eval, fd))
+          const auto set = [&](Scalar v) { tower.edit().bias(l).data()[i] = v; };
+          if (central_difference(tower.bias(l).data()[i], set, pattern, eval, fd))
             cmp.add(grads.biases[l][i], fd[0]);
           else
             cmp.skip();
@@ -412,11 +421,15 @@ TEST_CASE("embedding-row gradients of the full model match finite differences", 
     for (int s = 0; s < 40; ++s) {
       const std::size_t l = static_cast<std::size_t>(pick.below(tower.num_layers()));
       const bool is_bias = pick.bernoulli(0.2);
-      Scalar* p = is_bias ? tower.bias(l).data() : tower.weight(l).data();
       const Index size = is_bias ? tower.bias(l).size() : tower.weight(l).size();
       const Index i = static_cast<Index>(pick.below(static_cast<std::uint64_t>(size)));
       const Scalar analytic = is_bias ? grads.tower.biases[l][i] : grads.tower.weights[l].data()[i];
-      if (central_difference(p[i], pattern, eval, fd))
+      const auto set = [&](Scalar v) {
+        Tower::Edit e = tower.edit();
+        (is_bias ? e.bias(l).data() : e.weight(l).data())[i] = v;
+      };
+      const Scalar saved = (is_bias ? tower.bias(l).data() : tower.weight(l).data())[i];
+      if (central_difference(saved, set, pattern, eval, fd))
         tower_cmp.add(analytic, fd[0]);
       else
         tower_cmp.skip();

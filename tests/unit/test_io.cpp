@@ -84,13 +84,16 @@ EmbeddingCtrModel golden_model() {
     Matrix& t = model.tables().table(f);
     for (Index k = 0; k < t.size(); ++k) t.data()[k] = static_cast<Scalar>(f + 1) + 0.125f * static_cast<Scalar>(k);
   }
-  for (std::size_t l = 0; l < model.tower().num_layers(); ++l) {
-    Matrix& w = model.tower().weight(l);
-    for (Index i = 0; i < w.rows(); ++i)
-      for (Index j = 0; j < w.cols(); ++j)
-        w(i, j) = 0.25f * static_cast<Scalar>(i + 1) - 0.125f * static_cast<Scalar>(j) + static_cast<Scalar>(l);
-    Vector& b = model.tower().bias(l);
-    for (Index i = 0; i < b.size(); ++i) b[i] = -0.5f * static_cast<Scalar>(i) + 0.0625f * static_cast<Scalar>(l);
+  {
+    Tower::Edit edit = model.tower().edit();
+    for (std::size_t l = 0; l < model.tower().num_layers(); ++l) {
+      MatrixRef w = edit.weight(l);
+      for (Index i = 0; i < w.rows(); ++i)
+        for (Index j = 0; j < w.cols(); ++j)
+          w(i, j) = 0.25f * static_cast<Scalar>(i + 1) - 0.125f * static_cast<Scalar>(j) + static_cast<Scalar>(l);
+      VectorRef b = edit.bias(l);
+      for (Index i = 0; i < b.size(); ++i) b[i] = -0.5f * static_cast<Scalar>(i) + 0.0625f * static_cast<Scalar>(l);
+    }
   }
   return model;
 }
@@ -532,7 +535,7 @@ TEST_CASE("a failing save leaves the previous file intact and no temporary behin
   }
   SECTION("the model cannot be saved (non-finite weight, reserved metadata key)") {
     EmbeddingCtrModel bad = mixed_model(2);
-    bad.tower().weight(1)(2, 3) = std::numeric_limits<Scalar>::quiet_NaN();
+    bad.tower().edit().weight(1)(2, 3) = std::numeric_limits<Scalar>::quiet_NaN();
     CHECK_THROWS_WITH(save_model(target, bad), Catch::Contains("cannot save tensor 'tower.1.weight': element"));
     CHECK_THROWS_AS(save_model(target, bad), InputError);
     CHECK_THROWS_AS(save_model(target, old_model, {{"age.config", "x"}}), ConfigError);

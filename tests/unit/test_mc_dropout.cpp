@@ -26,11 +26,14 @@ double binomial_pmf(int n, int k, double q) {
 //   z_M = b + c * x * K / (1 - p),   z = b + c * x * H.
 Tower identical_units(std::size_t h, Scalar c, Scalar b) {
   Tower t(1, 1, {h});
-  t.weight(0).col(0).setZero();  // the user input is ignored
-  t.weight(0).col(1).setOnes();
-  t.bias(0).setZero();
-  t.weight(1).setConstant(c);
-  t.bias(1).setConstant(b);
+  {
+    Tower::Edit e = t.edit();
+    e.weight(0).col(0).setZero();  // the user input is ignored
+    e.weight(0).col(1).setOnes();
+    e.bias(0).setZero();
+    e.weight(1).setConstant(c);
+    e.bias(1).setConstant(b);
+  }
   return t;
 }
 

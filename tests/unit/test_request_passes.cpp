@@ -492,47 +492,50 @@ TEST_CASE("the one-pass normalised move equals the gradient, the move and the mo
   tower.begin_request(user, items, ws, z);
   tower.set_linear_moves(false);
   CHECK_FALSE(tower.request_normalized_move_logits(ones, ones, ws, out));
-  tower.set_linear_moves(true);
-  tower.weight(1)(2, 3) += 0.25f;  // edited, not committed
-  CHECK_FALSE(tower.request_normalized_move_logits(ones, ones, ws, out));
   CHECK(out == RowVector::Constant(5, 7.0f));
-  tower.commit_weights();
+  tower.set_linear_moves(true);
   CHECK(tower.request_normalized_move_logits(ones, ones, ws, out));
   CHECK_THROWS_AS(tower.request_normalized_move_logits(RowVector::Ones(4), ones, ws, out), DimensionError);
 }
 
-TEST_CASE("certified linear moves: an edited, uncommitted tower runs the full passes", "[request]") {
+TEST_CASE("certified linear moves: the bounds of edited weights, rebuilt when the edit ends", "[request]") {
   Rng rng(93);
   Tower tower(4, 6, {16, 8});
   tower.initialize(rng);
   const Index n = 5;
   const Matrix user = random_matrix(4, 1, rng), items = random_matrix(6, n, rng);
-  tower.weight(1)(2, 3) += 0.25f;  // not committed: the bounds are stale
   TowerWorkspace ws, plain;
   RowVector z(n), expected(n), r(n), ones = RowVector::Ones(n);
+  {
+    Tower::Edit e = tower.edit();
+    e.weight(1)(2, 3) += 0.25f;
+    CHECK_THROWS_WITH(tower.begin_request(user, items, ws, z), Catch::Contains("Tower::Edit"));
+  }
   tower.begin_request(user, items, ws, z);
   Matrix g(6, n);
   tower.request_item_gradient(ones, ws, g);
   const Matrix move = Scalar(1e-4) * random_matrix(6, n, rng);
   tower.request_moved_logits(move, ws, z);
+  CHECK(ws.request.stage == RequestStage::gradient_linear);
   tower.logits(user, items + move, nullptr, plain, expected);
   CHECK(max_rel_diff(z, expected) < 2e-6f);
-  CHECK_THROWS_AS(tower.request_linear_radius(ws, r), InputError);
-  tower.commit_weights();
-  CHECK_NOTHROW(tower.request_linear_radius(ws, r));
+  tower.begin_request(user, items, ws, z);
+  tower.request_linear_radius(ws, r);
+  CHECK((r.array() > 0).all());
 }
 
 TEST_CASE("request_select: the passes read the kept candidates in place, also after a second select", "[request]") {
-  // Committed (the product kernel with its gathered ReLU gates) and edited (Eigen's
-  // products, the gates gathered column by column); a 2-hidden-layer tower (the fused
-  // dropout logit) and a 3-hidden-layer one (the rank-|J| column, then products).
-  for (const Shape& shape : {Shape{6, 8, {40, 37}}, Shape{3, 5, {10, 7, 6}}}) {
-    for (bool committed : {true, false}) {
-      INFO(describe(shape) << (committed ? ", committed" : ", edited"));
+  // With and without the gradient table (the top product by lookups, or on the kernel
+  // with its gathered ReLU gates); a 2-hidden-layer tower (the fused dropout logit), a
+  // 3-hidden-layer one (the rank-|J| column, then products) and one whose layers are
+  // narrower than a vector (Eigen's products, the gates gathered column by column).
+  for (const Shape& shape : {Shape{6, 8, {40, 37}}, Shape{3, 5, {10, 7, 6}}, Shape{2, 3, {3, 2}}}) {
+    for (bool tables : {true, false}) {
+      INFO(describe(shape) << (tables ? ", tables" : ", no tables"));
       Rng rng(47 + shape.hidden.size());
       Tower tower(shape.user_dim, shape.item_dim, shape.hidden);
       tower.initialize(rng);
-      if (!committed) tower.weight(1)(0, 0) += 0.125f;
+      tower.set_gradient_tables(tables);
       const Index n = 13;
       const Matrix user = random_matrix(static_cast<Index>(shape.user_dim), 1, rng);
       const Matrix items = random_matrix(static_cast<Index>(shape.item_dim), n, rng);
@@ -575,7 +578,7 @@ TEST_CASE("request_select: the passes read the kept candidates in place, also af
         CAPTURE(scale);
         CHECK(max_rel_diff(zk, ek) < 2e-6f);
       }
-      if (committed) {
+      {
         RowVector r(k), r_all(n);
         tower.request_linear_radius(ws, r);
         TowerWorkspace fresh;
@@ -584,5 +587,62 @@ TEST_CASE("request_select: the passes read the kept candidates in place, also af
         for (Index j = 0; j < k; ++j) CHECK(r[j] == r_all[kept[static_cast<std::size_t>(j)]]);
       }
     }
+  }
+}
+
+TEST_CASE("the request's stage: what each pass requires and leaves", "[request]") {
+  Rng rng(71);
+  Tower tower(4, 6, {16, 8});
+  tower.initialize(rng);
+  const Index n = 5;
+  const Matrix user = random_matrix(4, 1, rng), items = random_matrix(6, n, rng);
+  TowerWorkspace ws;
+  RowVector z(n), ones = RowVector::Ones(n);
+  Matrix g(6, n);
+  const Matrix tiny = Scalar(1e-6) * random_matrix(6, n, rng);
+  CHECK(ws.request.stage == RequestStage::none);
+  CHECK_THROWS_AS(tower.request_size(ws), InputError);
+  tower.begin_request(user, items, ws, z);
+  CHECK(ws.request.stage == RequestStage::cached);
+  CHECK_THROWS_WITH(tower.request_moved_item_gradient(ones, ws, g), Catch::Contains("request_moved_logits"));
+  tower.request_moved_logits(tiny, ws, z);  // no gradient yet: in full
+  CHECK(ws.request.stage == RequestStage::moved);
+  tower.request_item_gradient(ones, ws, g);  // the moved pass stays readable
+  CHECK(ws.request.stage == RequestStage::gradient_moved);
+  tower.request_moved_item_gradient(ones, ws, g);
+  tower.request_moved_logits(tiny, ws, z);  // certified now
+  CHECK(ws.request.stage == RequestStage::gradient_linear);
+  DropoutMask mask;
+  tower.sample_mask(0.2, 1, rng, mask);
+  tower.request_logits(&mask, ws, z);  // reuses the moved pass's buffers
+  CHECK(ws.request.stage == RequestStage::gradient);
+  const std::vector<Index> keep{1, 3};
+  tower.request_select(keep, ws);
+  CHECK(ws.request.stage == RequestStage::cached);
+  tower.logits(user, items, nullptr, ws, z);  // a plain pass ends the request
+  CHECK(ws.request.stage == RequestStage::none);
+  CHECK_THROWS_AS(tower.request_logits(nullptr, ws, z), InputError);
+}
+
+TEST_CASE("request_paths() names the shortcuts a tower's shape takes", "[request]") {
+  const std::size_t w = static_cast<std::size_t>(simd::kWidth);
+  struct Case {
+    std::vector<std::size_t> hidden;
+    bool without_relu, two_layer, table;
+  };
+  for (const Case& c : {Case{{2 * w}, true, false, true}, Case{{2 * w, w}, true, true, true},
+                        Case{{2 * w, w, w}, true, false, true}, Case{{2 * w, 1}, false, false, true},
+                        Case{{}, false, false, false}, Case{{w, 130}, true, true, false}}) {
+    Tower tower(3, 2 * w, c.hidden);
+    INFO("hidden layers " << c.hidden.size());
+    const TowerRequestPaths p = tower.request_paths();
+    CHECK(p.first_pass_without_relu == c.without_relu);
+    CHECK(p.two_layer_masked_logits == c.two_layer);
+    CHECK(p.gradient_table == c.table);
+    CHECK(p.certified_moves);
+    tower.set_linear_moves(false);
+    tower.set_gradient_tables(false);
+    CHECK_FALSE(tower.request_paths().certified_moves);
+    CHECK_FALSE(tower.request_paths().gradient_table);
   }
 }

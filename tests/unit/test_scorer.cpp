@@ -53,7 +53,7 @@ struct World {
     std::sort(base.data(), base.data() + base.size());
     const Scalar median = base[base.size() / 2];
     dgu = make_dgu_tower(model.item_dim(), 8);
-    dgu.bias(1).setConstant(std::log(median / (1 - median)));
+    dgu.edit().bias(1).setConstant(std::log(median / (1 - median)));
   }
 
   Request request(std::uint64_t id) const { return Request{user, items, id}; }

@@ -30,6 +30,7 @@
 #include <initializer_list>
 #include <limits>
 #include <map>
+#include <optional>
 #include <set>
 #include <span>
 #include <string>
@@ -207,6 +208,8 @@ inline void read_tower_tensors(const Safetensors& st, std::string_view prefix, c
                                std::size_t input_dim, Tower* tower, const std::string& where) {
   std::set<std::string> expected;
   const std::string p(prefix);
+  std::optional<Tower::Edit> edit;  // the tower's tables are rebuilt once, when it ends
+  if (tower) edit.emplace(tower->edit());
   for (std::size_t l = 0; l <= hidden.size(); ++l) {
     const std::string wn = tensor_name(prefix, l, "weight"), bn = tensor_name(prefix, l, "bias");
     const auto wshape = tower_weight_shape(hidden, input_dim, l);
@@ -219,15 +222,14 @@ inline void read_tower_tensors(const Safetensors& st, std::string_view prefix, c
     // The file is row-major [out, in]: exactly an in x out column-major matrix.
     Matrix transposed(static_cast<Index>(wshape[1]), static_cast<Index>(wshape[0]));
     w.copy_f32(std::span<float>(transposed.data(), static_cast<std::size_t>(transposed.size())));
-    tower->weight(l) = transposed.transpose();
-    Vector& bias = tower->bias(l);
+    edit->weight(l) = transposed.transpose();
+    VectorRef bias = edit->bias(l);
     b.copy_f32(std::span<float>(bias.data(), static_cast<std::size_t>(bias.size())));
   }
   for (const std::string& name : st.names())
     if (starts_with(name, p + ".") && !expected.count(name))
       throw FormatError(where + ": unknown tensor '" + name + "' (tower '" + p + "' has " +
                         std::to_string(hidden.size() + 1) + " layers)");
-  if (tower) tower->commit_weights();
 }
 
 inline void check_tower_prefix(std::string_view prefix) {

@@ -83,7 +83,7 @@ class EmbeddingCtrModel {
     tower_.sample_mask(p, columns, rng, mask);
   }
 
-  // Request passes (RequestPassModel, age/model/tower.hpp): one no-dropout pass per
+  // Request passes (RequestPassModel, age/model/request_passes.hpp): one no-dropout pass per
   // request, reused by the dropout, gradient and moved passes of the explorers.
   void begin_request(ConstMatrixRef user, ConstMatrixRef items, TowerWorkspace& ws, Eigen::Ref<RowVector> out) const {
     tower_.begin_request(user, items, ws, out);

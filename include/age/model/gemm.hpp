@@ -57,111 +57,18 @@ struct Start {
   const float* column_values = nullptr;
 };
 
-// The output logit of a tower read from its top hidden layer's product Y = W X + b 1^T
-// (X the layer below's ReLU, read through relu_x or stored, or the input) panel by panel,
-// right after the product wrote each one, while it is in the first-level cache:
-//   out[n]    = sum_i w_i ReLU(Y[i, n]) + out_bias
-// (no second pass over Y and no stored ReLU(Y) for the output layer's product) and, with
-// masked_weights, the logit under a dropout mask m shared by the columns (McDropoutTs's
-// sample; m on the layer below: s its common value, J the units where m_j != s,
-// X+ = max(X, 0); the mask of Y's layer folded into w'):
-//   masked[n] = sum_i w'_i ReLU(s Y[i, n] + (1 - s) b_i + sum_{j in J} (m_j - s) X+[j, n] W[i, j])
-//               + out_bias
-// the rank-|J| update of Tower::request_logits, without reading the cached pass again.
-struct OutputLogits {
-  const float* weights = nullptr;  // w (Y's rows)
-  float out_bias = 0.0f;
-  float* out = nullptr;            // one logit per column of Y
-  // The masked logit (none without masked_weights).
-  const float* masked_weights = nullptr;          // w'
-  const float* bias = nullptr;                    // b (Y's rows)
-  float scale = 1.0f;                             // s
-  std::size_t changed = 0;                        // |J|
-  const Index* changed_rows = nullptr;            // j in J: rows of X
-  const float* const* changed_columns = nullptr;  // W[:, j]
-  const float* changed_factor = nullptr;          // m_j - s
-  float* factor_scratch = nullptr;                // kCols x |J| floats: (m_j - s) X+[j, n]
-  float* masked_out = nullptr;                    // one logit per column of Y
+// Work to do on each panel of Y (up to kCols whole columns) right after the product wrote
+// it, while it is in the first-level cache: the caller's function, called out of line
+// (inlined into the product, its pointers crowded the product's loop out of general
+// registers: stride reloads from the stack in every step of k, ~1.5x slower in one
+// program). The tower reads its output logits this way (age/model/masked_update.hpp).
+//   run(context, rows, columns, first_column, x, ldx, y, ldy)
+// x, y: the panel's first column of X (the product's right operand) and of Y.
+struct PanelHook {
+  void (*run)(const void* context, long rows, long columns, long first_column, const float* x, long ldx,
+              const float* y, long ldy) noexcept = nullptr;
+  const void* context = nullptr;
 };
-
-// OutputLogits of NC columns, y: Y's first, x: X's first (ldy, ldx apart), `rows` rows,
-// into out[0..NC) and masked_out[0..NC). The columns go together, NC independent running
-// sums: the weights and each changed unit's column of W are loaded once for all of them,
-// and the sums' dependency chains overlap (one column at a time, the chain of
-// multiply-adds per vector of rows bounded the masked logit at ~3x its arithmetic).
-// Branch-free: a unit j with X+[j, n] = 0 is added with factor 0 (skipping those units,
-// about half, mispredicted a branch per unit and column).
-template <int NC, bool Masked>
-AGE_ALWAYS_INLINE void output_logits_of(const OutputLogits& o, const float* y, long ldy, const float* x, long ldx,
-                                        long rows, float* out, float* masked_out) noexcept {
-  const float s = o.scale, t = 1.0f - s;
-  const std::size_t count = Masked ? o.changed : 0;
-  const float* const* column = o.changed_columns;
-  float* factor = o.factor_scratch;  // factor[q * NC + c]
-  for (std::size_t q = 0; q < count; ++q)
-    for (int c = 0; c < NC; ++c) {
-      const float a = x[c * ldx + o.changed_rows[q]];
-      factor[q * NC + c] = o.changed_factor[q] * (a > 0.0f ? a : 0.0f);
-    }
-  Vec sum[NC], masked_sum[NC];
-  for (int c = 0; c < NC; ++c) sum[c] = masked_sum[c] = zero();
-  long i = 0;
-  for (; i + kWidth <= rows; i += kWidth) {
-    const Vec w = load(o.weights + i);
-    Vec p[NC];
-    for (int c = 0; c < NC; ++c) {
-      p[c] = load(y + c * ldy + i);
-      sum[c] += w * relu(p[c]);
-    }
-    if constexpr (Masked) {
-      const Vec bias = load(o.bias + i) * t;
-      for (int c = 0; c < NC; ++c) p[c] = p[c] * s + bias;
-      for (std::size_t q = 0; q < count; ++q) {
-        const Vec w_j = load(column[q] + i);
-        for (int c = 0; c < NC; ++c) p[c] += w_j * factor[q * NC + c];
-      }
-      const Vec w_masked = load(o.masked_weights + i);
-      for (int c = 0; c < NC; ++c) masked_sum[c] += w_masked * relu(p[c]);
-    }
-  }
-  for (int c = 0; c < NC; ++c) {
-    float logit = sum_lanes(sum[c]), masked = Masked ? sum_lanes(masked_sum[c]) : 0.0f;
-    for (long r = i; r < rows; ++r) {
-      const float p = y[c * ldy + r];
-      logit += o.weights[r] * (p < 0.0f ? 0.0f : p);
-      if constexpr (Masked) {
-        float v = p * s + o.bias[r] * t;
-        for (std::size_t q = 0; q < count; ++q) v += column[q][r] * factor[q * NC + c];
-        masked += o.masked_weights[r] * (v < 0.0f ? 0.0f : v);
-      }
-    }
-    out[c] = logit + o.out_bias;
-    if constexpr (Masked) masked_out[c] = masked + o.out_bias;
-  }
-}
-
-// OutputLogits of the nc <= kCols columns of Y (m rows) starting at column j. Kept out of
-// line: inlined into the product, its pointers crowded the product's loop out of general
-// registers (stride reloads from the stack in every step of k, ~1.5x slower in one
-// program).
-AGE_NOINLINE inline void output_logits(const OutputLogits& o, long m, long nc, long j, const float* x, long ldx,
-                                       const float* y, long ldy) noexcept {
-  float* out = o.out + j;
-  float* masked_out = o.masked_out ? o.masked_out + j : nullptr;
-  if (nc == kCols) {
-    if (o.masked_weights)
-      output_logits_of<kCols, true>(o, y, ldy, x, ldx, m, out, masked_out);
-    else
-      output_logits_of<kCols, false>(o, y, ldy, x, ldx, m, out, masked_out);
-    return;
-  }
-  for (long c = 0; c < nc; ++c) {
-    if (o.masked_weights)
-      output_logits_of<1, true>(o, y + c * ldy, ldy, x + c * ldx, ldx, m, out + c, masked_out + c);
-    else
-      output_logits_of<1, false>(o, y + c * ldy, ldy, x + c * ldx, ldx, m, out + c, masked_out);
-  }
-}
 
 // What happens to a block of Y while it is still in registers, so that the pass over Y
 // that would follow the product is not needed:
@@ -178,7 +85,7 @@ struct Finish {
   const float* sign = nullptr;           // keep_if_positive
   long ld = 0;                           // column stride of R or S
   const Index* sign_columns = nullptr;   // keep_if_positive, optional
-  const OutputLogits* output = nullptr;  // optional, with any kind: also OutputLogits of Y
+  PanelHook panel;                       // optional, with any kind
 
   // The same finish for the block of Y starting at row i, column j.
   AGE_ALWAYS_INLINE Finish at(long i, long j) const noexcept {
@@ -329,10 +236,11 @@ inline void multiply_columns(long m, long n, long k_size, const float* a, long l
   long j = 0;
   for (; j + kCols <= n; j += kCols) {
     columns<kCols, ReluX>(m, k_size, a, lda, x + j * ldx, ldx, y + j * ldy, ldy, start, finish.at(0, j));
-    if (finish.output) output_logits(*finish.output, m, kCols, j, x + j * ldx, ldx, y + j * ldy, ldy);
+    if (finish.panel.run) finish.panel.run(finish.panel.context, m, kCols, j, x + j * ldx, ldx, y + j * ldy, ldy);
   }
   tail<ReluX>(n - j, m, k_size, a, lda, x + j * ldx, ldx, y + j * ldy, ldy, start, finish.at(0, j));
-  if (finish.output && j < n) output_logits(*finish.output, m, n - j, j, x + j * ldx, ldx, y + j * ldy, ldy);
+  if (finish.panel.run && j < n)
+    finish.panel.run(finish.panel.context, m, n - j, j, x + j * ldx, ldx, y + j * ldy, ldy);
 }
 
 // relu_x: X is read through its ReLU (Y = A max(X, 0)), one max per broadcast of X (on
@@ -351,10 +259,10 @@ inline void multiply(long m, long n, long k_size, const float* a, long lda, cons
 // write r = max(y, 0) (r of y's shape), or zero y where s <= 0 (s with y's rows: its
 // first columns, or the columns `columns` lists, one per column of y).
 inline gemm_kernel::Finish also_relu(MatrixRef r) noexcept {
-  return {gemm_kernel::Finish::relu_copy, r.data(), nullptr, r.outerStride()};
+  return {gemm_kernel::Finish::relu_copy, r.data(), nullptr, r.outerStride(), nullptr, {}};
 }
 inline gemm_kernel::Finish keep_if_positive(const ConstMatrixRef& s, const Index* columns = nullptr) noexcept {
-  return {gemm_kernel::Finish::keep_if_positive, nullptr, s.data(), s.outerStride(), columns};
+  return {gemm_kernel::Finish::keep_if_positive, nullptr, s.data(), s.outerStride(), columns, {}};
 }
 
 // y = a x (a: M x K, x: K x N, y: M x N). No aliasing between y and a or x, like

@@ -179,7 +179,7 @@ inline ArrayMap slot_block(Matrix& s, Index offset, Index n) {
 
 // One optimizer step on a dense parameter (Matrix or Vector) from its gradient.
 template <Optimizer O, class Param, class Grad>
-void update_dense(const O& opt, Param& param, const Grad& grad, ParameterState& st) {
+void update_dense(const O& opt, Param&& param, const Grad& grad, ParameterState& st) {
   const Index n = param.size();
   detail::require_dim(std::string(O::name) + ": gradient size", static_cast<std::size_t>(n),
                       static_cast<std::size_t>(grad.size()));
@@ -271,11 +271,11 @@ class TowerOptimizer {
     detail::require_dim(std::string(O::name) + ": number of bias gradients", layers, grads.biases.size());
     weights_.resize(layers);
     biases_.resize(layers);
+    Tower::Edit edit = tower.edit();  // the tower's tables are rebuilt once, at the end
     for (std::size_t l = 0; l < layers; ++l) {
-      update_dense(opt_, tower.weight(l), grads.weights[l], weights_[l]);
-      update_dense(opt_, tower.bias(l), grads.biases[l], biases_[l]);
+      update_dense(opt_, edit.weight(l), grads.weights[l], weights_[l]);
+      update_dense(opt_, edit.bias(l), grads.biases[l], biases_[l]);
     }
-    tower.commit_weights();
   }
 
   void reset() {
