@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Sanitizer stages of CI, run by .ci/run after the normal build and test suite passed.
 #
-#   asan  every unit test binary (tests/unit/test_*.cpp) and example built with gcc and
-#         -fsanitize=address,undefined (LeakSanitizer included), run through ctest; the
-#         consumer-package, compile-fail and PyTorch-parity tests are left out (they drive
-#         other builds and programs, and run in the normal stage)
+#   asan  every unit test binary (tests/unit/test_*.cpp and its variants) and example
+#         built with clang++, -DAGE_WARNINGS_AS_ERRORS=ON and -fsanitize=address,undefined
+#         (LeakSanitizer included), run through ctest: CI's one clang build of the suite,
+#         next to the normal stage's gcc one; the consumer-package, compile-fail and
+#         PyTorch-parity tests are left out (they drive other builds and programs, and run
+#         in the normal stage)
 #   tsan  the concurrency tests (every unit test whose source starts threads, e.g.
-#         age_test_hot_swap and age_test_scorer) built with -fsanitize=thread
+#         age_test_hot_swap and age_test_scorer) built with gcc and -fsanitize=thread
 #   fuzz  every libFuzzer target of tests/fuzz (clang, ASan + UBSan) run for
 #         AGE_FUZZ_SECONDS from the seed corpus in tests/fuzz/corpus/<target>/
 #
@@ -49,18 +51,26 @@ unit_targets() {
   cmake --build "$1" --target help | sed -n 's/^\.\.\. \(age_test_[A-Za-z0-9_]*\).*/\1/p' | sort
 }
 
-configure_gcc() {  # <build dir> <sanitizer flags>
-  local flags="-O1 -g1 -fno-omit-frame-pointer $2"
+configure() {  # <build dir> <compiler> <warnings as errors: ON|OFF> <sanitizer flags>
+  local flags="-O1 -g1 -fno-omit-frame-pointer $4"
+  # A folder configured with another compiler (build-asan was gcc's) starts afresh.
+  if [[ -f $1/CMakeCache.txt ]] && ! grep -q "^CMAKE_CXX_COMPILER:[A-Z]*=\(.*/\)\?$2\$" "$1/CMakeCache.txt"; then
+    rm -rf "$1"
+  fi
   mkdir -p "$1"
-  cmake -S "$root" -B "$1" -DCMAKE_BUILD_TYPE= -DCMAKE_CXX_COMPILER=g++ \
-    -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="$2" \
+  cmake -S "$root" -B "$1" -DCMAKE_BUILD_TYPE= -DCMAKE_CXX_COMPILER="$2" \
+    -DCMAKE_CXX_FLAGS="$flags" -DCMAKE_EXE_LINKER_FLAGS="$4" \
     -DAGE_BUILD_TESTS=ON -DAGE_BUILD_EXAMPLES=ON -DAGE_BUILD_BENCHMARKS=OFF -DAGE_BUILD_FUZZERS=OFF \
-    -DAGE_WARNINGS_AS_ERRORS=OFF >"$1/configure.log" 2>&1 || { cat "$1/configure.log"; return 1; }
+    -DAGE_WARNINGS_AS_ERRORS="$3" >"$1/configure.log" 2>&1 || { cat "$1/configure.log"; return 1; }
 }
 
 stage_asan() {
   local dir=$root/build-asan
-  configure_gcc "$dir" "-fsanitize=address,undefined -fno-sanitize-recover=all" || return 1
+  if ! command -v clang++ >/dev/null; then
+    log "asan: clang++ not found (install clang and libclang-rt-14-dev)"
+    return 1
+  fi
+  configure "$dir" clang++ ON "-fsanitize=address,undefined -fno-sanitize-recover=all" || return 1
   log "asan: building $(unit_targets "$dir" | wc -l) test binaries and the examples"
   cmake --build "$dir" -j"$jobs" || return 1
   # Consumer builds, compile-fail checks and the PyTorch parity run test builds and other
@@ -71,7 +81,7 @@ stage_asan() {
 
 stage_tsan() {
   local dir=$root/build-tsan
-  configure_gcc "$dir" "-fsanitize=thread" || return 1
+  configure "$dir" g++ OFF "-fsanitize=thread" || return 1
   local names=()
   if [[ -n "${AGE_TSAN_TESTS:-}" ]]; then
     read -ra names <<<"$AGE_TSAN_TESTS"
