@@ -9,6 +9,7 @@
 #include "age/core/status.hpp"
 #include "age/core/types.hpp"
 #include "age/explore/ablation.hpp"
+#include "age/explore/any_explorer.hpp"
 #include "age/explore/baselines.hpp"
 #include "age/explore/gate.hpp"
 #include "age/explore/perturbation.hpp"

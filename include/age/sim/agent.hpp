@@ -20,6 +20,7 @@
 #include "age/core/error.hpp"
 #include "age/core/rng.hpp"
 #include "age/core/types.hpp"
+#include "age/explore/any_explorer.hpp"
 #include "age/explore/gate.hpp"
 #include "age/explore/request.hpp"
 #include "age/features/layout.hpp"
@@ -79,34 +80,6 @@ struct LearningSettings {
     return l;
   }
 };
-
-// A type-erased Explorer with its per-thread workspace.
-class AnyExplorer {
- public:
-  virtual ~AnyExplorer() = default;
-  virtual void score(const Request& request, ScoredRequest& out) = 0;
-  virtual void observe(const Request& request, Index shown, bool clicked) = 0;
-};
-
-template <Explorer E>
-class ExplorerBox final : public AnyExplorer {
- public:
-  explicit ExplorerBox(E explorer) : explorer_(std::move(explorer)) {}
-  void score(const Request& request, ScoredRequest& out) override { explorer_.score(request, out, ws_); }
-  void observe(const Request& request, Index shown, bool clicked) override {
-    if constexpr (LearningExplorer<E>) explorer_.observe(request, shown, clicked);
-  }
-  E& explorer() noexcept { return explorer_; }
-
- private:
-  E explorer_;
-  typename E::Workspace ws_;
-};
-
-template <Explorer E>
-std::unique_ptr<AnyExplorer> box(E explorer) {
-  return std::make_unique<ExplorerBox<E>>(std::move(explorer));
-}
 
 // Knob values of a policy by name ("epsilon", "lambda", "pgd_steps", "nu", "scale").
 using Knobs = std::map<std::string, double>;
