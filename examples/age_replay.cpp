@@ -31,12 +31,13 @@
 #include <unistd.h>
 #include <vector>
 
-#include "age/sim/agent.hpp"
 #include "age/sim/environment.hpp"
-#include "age/sim/policies.hpp"
 #include "age/sim/r6b.hpp"
 #include "age/sim/replay.hpp"
 #include "age/sim/results.hpp"
+#include "replay/model_agent.hpp"
+#include "replay/policies.hpp"
+#include "replay/report.hpp"
 
 #ifndef AGE_EXAMPLES_DIR
 #define AGE_EXAMPLES_DIR "examples"
@@ -48,6 +49,7 @@
 namespace fs = std::filesystem;
 using namespace age;
 using namespace age::sim;
+using namespace study;
 
 namespace {
 
@@ -605,7 +607,7 @@ void tune(const Options& o, const StudySetup& setup, const std::vector<std::stri
   if (!f) throw IoError("cannot write tuned parameters to '" + o.params + "'");
   f << "# Knobs chosen by `age-replay --tune` (mode " << o.mode << ", V = " << o.visits << ", validation seeds "
     << kValidationSeedBase + 1 << ".." << kValidationSeedBase + n_seeds
-    << ", never reported), one grid of " << age::sim::detail::kGridSize << " points per policy, selected by mean "
+    << ", never reported), one grid of " << study::detail::kGridSize << " points per policy, selected by mean "
     << (setup.online ? "expected clicks" : "clicks") << "; " << format_duration(secs) << " on " << setup.threads
     << " threads.\n# Grid scores of the last tuning run:\n"
     << report.str() << "# policy knob value\n";

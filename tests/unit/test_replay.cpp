@@ -14,13 +14,16 @@
 #include "age/explore/uncertainty.hpp"
 #include "age/sim/agent.hpp"
 #include "age/sim/environment.hpp"
-#include "age/sim/policies.hpp"
 #include "age/sim/r6b.hpp"
 #include "age/sim/replay.hpp"
 #include "age/sim/study_model.hpp"
+// The study's agent and policy registry (study code, outside the installed headers).
+#include "../../examples/replay/model_agent.hpp"
+#include "../../examples/replay/policies.hpp"
 
 using namespace age;
 using namespace age::sim;
+using namespace study;
 
 namespace {
 

@@ -2,7 +2,7 @@
 // exploration headers plus the paper's ablations (AGE-METHOD.md, Tables 1-3), with their
 // tunable knobs, default values and tuning grids.
 //
-// Knobs (each policy's own; chosen by --tune on validation seeds, see age_replay.cpp):
+// Knobs (each policy's own; chosen by --tune on validation seeds, see examples/replay/tuning.cpp):
 //   egreedy          epsilon     probability that a visit explores
 //   ensemble-ucb     scale       c in mu + c * var of the M = 5 members
 //   gradient-ts/ucb  nu          scale of the gradient-norm uncertainty (NeuralTS nu)
@@ -24,10 +24,10 @@
 #include "age/explore/ablation.hpp"
 #include "age/explore/baselines.hpp"
 #include "age/explore/scorer.hpp"
-#include "age/sim/agent.hpp"
 #include "age/sim/study_model.hpp"
+#include "model_agent.hpp"
 
-namespace age::sim {
+namespace study {
 
 struct PolicySpec {
   std::string name;      // command-line name
@@ -175,4 +175,4 @@ inline PolicySpec find_policy(const std::string& name) {
   throw ConfigError("policy: expected one of " + policy_names() + ", got '" + name + "'");
 }
 
-}  // namespace age::sim
+}  // namespace study
