@@ -1,99 +1,49 @@
-// The study's result tables and files: Markdown summaries with the change against a
-// reference policy (the layout of Table 1 of AGE-METHOD.md), results.csv (one row per
-// policy and seed) and curves.csv (cumulative clicks over visits).
+// The study's report: Markdown summaries with the change against a reference policy (the
+// layout of Table 1 of AGE-METHOD.md), results.csv (one row per policy and seed), curves.csv
+// (cumulative clicks over visits), summary.md (the tables of the run, also printed) and
+// curves.png (drawn by examples/plot_curves.py when matplotlib is there).
 #pragma once
 
-#include <cmath>
-#include <cstdio>
+#include <cstddef>
 #include <fstream>
 #include <map>
-#include <sstream>
 #include <string>
 #include <vector>
 
-#include "age/core/error.hpp"
 #include "age/sim/replay.hpp"
 #include "age/sim/results.hpp"
+#include "options.hpp"
+#include "study.hpp"
 
 namespace study {
 
-using namespace age;
-using namespace age::sim;
-
-inline std::string format_fixed(double v, int decimals) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
-  return buf;
-}
+// `v` with `decimals` digits after the point.
+std::string format_fixed(double v, int decimals);
 
 // "+12.3%" relative change of `value` against `reference`.
-inline std::string percent_change(double value, double reference) {
-  if (!(reference != 0) || !std::isfinite(value) || !std::isfinite(reference)) return "n/a";
-  const double pct = 100.0 * (value - reference) / reference;
-  return (pct >= 0 ? "+" : "") + format_fixed(pct, 1) + "%";
-}
+std::string percent_change(double value, double reference);
 
 // A Markdown table: policy | clicks (mean +- std) | change vs `reference` | more columns.
-inline std::string summary_table(const std::vector<PolicySummary>& rows, const std::string& reference,
-                                 const std::map<std::string, std::string>& labels = {}) {
-  const PolicySummary* ref = nullptr;
-  for (const auto& r : rows)
-    if (r.policy == reference) ref = &r;
-  const bool online = !rows.empty() && rows.front().online;
-  std::ostringstream t;
-  t << "| policy | clicks (mean +- std) | change vs " << reference;
-  if (online)
-    t << " | expected clicks | change (expected) | regret |\n|---|---|---|---|---|---|\n";
-  else
-    t << " | accepted events | CTR |\n|---|---|---|---|---|\n";
-  for (const auto& r : rows) {
-    const auto label = labels.find(r.policy);
-    t << "| " << (label == labels.end() ? r.policy : label->second) << " | " << format_fixed(r.clicks.mean, 1)
-      << " +- " << format_fixed(r.clicks.std, 1) << " | "
-      << (ref ? (&r == ref ? std::string("-") : percent_change(r.clicks.mean, ref->clicks.mean)) : "n/a") << " | ";
-    if (online) {
-      t << format_fixed(r.expected_clicks.mean, 1) << " +- " << format_fixed(r.expected_clicks.std, 1) << " | "
-        << (ref ? (&r == ref ? std::string("-") : percent_change(r.expected_clicks.mean, ref->expected_clicks.mean))
-                : "n/a")
-        << " | " << format_fixed(r.regret.mean, 1) << " |\n";
-    } else {
-      t << format_fixed(r.events.mean, 1) << " +- " << format_fixed(r.events.std, 1) << " | "
-        << format_fixed(100.0 * r.ctr.mean, 3) << "% |\n";
-    }
-  }
-  return t.str();
-}
+std::string summary_table(const std::vector<PolicySummary>& rows, const std::string& reference,
+                          const std::map<std::string, std::string>& labels = {});
 
-inline std::ofstream open_output(const std::string& path) {
-  std::ofstream f(path);
-  if (!f) throw IoError("cannot open '" + path + "' for writing");
-  f.precision(10);
-  return f;
-}
+// A file for writing, with 10 significant digits; IoError when it cannot be opened.
+std::ofstream open_output(const std::string& path);
 
 // results.csv: policy,seed,visits,events,clicks,expected_clicks (empty in replay mode).
-inline void write_results_csv(const std::string& path, const std::vector<RunResult>& runs) {
-  std::ofstream f = open_output(path);
-  f << "policy,seed,visits,events,clicks,expected_clicks\n";
-  for (const RunResult& r : runs) {
-    f << r.policy << ',' << r.seed << ',' << r.visits << ',' << r.events << ',' << r.clicks << ',';
-    if (r.online) f << r.expected_clicks;
-    f << '\n';
-  }
-  if (!f) throw IoError("writing '" + path + "' failed");
-}
+void write_results_csv(const std::string& path, const std::vector<RunResult>& runs);
 
 // curves.csv: policy,seed,visits,clicks,expected_clicks (cumulative; expected empty in replay).
-inline void write_curves_csv(const std::string& path, const std::vector<RunResult>& runs) {
-  std::ofstream f = open_output(path);
-  f << "policy,seed,visits,clicks,expected_clicks\n";
-  for (const RunResult& r : runs)
-    for (const CurvePoint& p : r.curve) {
-      f << r.policy << ',' << r.seed << ',' << p.visits << ',' << p.clicks << ',';
-      if (r.online) f << p.expected_clicks;
-      f << '\n';
-    }
-  if (!f) throw IoError("writing '" + path + "' failed");
-}
+void write_curves_csv(const std::string& path, const std::vector<RunResult>& runs);
+
+// The study's outputs in --out: the runs ordered by policy (as requested) and seed, the
+// CSV files, summary.md (printed too; with the ablation and FGM-vs-PGD tables when their
+// rows ran), and the picture. `secs`: the study's wall time, reported in summary.md.
+void write_report(const Options& o, const StudySetup& setup, const std::vector<std::string>& names,
+                  std::size_t n_seeds, double secs, std::vector<RunResult> results);
+
+// curves.png from curves.csv through examples/plot_curves.py; skipped with a message when
+// python3 cannot import matplotlib or the script fails.
+void plot(const Options& o);
 
 }  // namespace study
