@@ -1,5 +1,5 @@
 // Umbrella header: every public header of age that needs nothing beyond Eigen.
-// The weight-file headers (age/io/, need nlohmann_json) and the offline-study headers
+// The weight-file headers (age/io/, need nlohmann_json) and the offline-evaluation headers
 // (age/sim/, need zlib) are included on their own.
 #pragma once
 
