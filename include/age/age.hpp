@@ -1,5 +1,5 @@
 // Umbrella header: every public header of age that needs nothing beyond Eigen.
-// The weight-file headers (age/io/, need nlohmann_json) and the offline-study headers
+// The weight-file headers (age/io/, need nlohmann_json) and the offline-evaluation headers
 // (age/sim/, need zlib) are included on their own.
 #pragma once
 
@@ -9,7 +9,9 @@
 #include "age/core/status.hpp"
 #include "age/core/types.hpp"
 #include "age/explore/ablation.hpp"
+#include "age/explore/any_explorer.hpp"
 #include "age/explore/baselines.hpp"
+#include "age/explore/engine.hpp"
 #include "age/explore/gate.hpp"
 #include "age/explore/perturbation.hpp"
 #include "age/explore/request.hpp"
@@ -22,6 +24,7 @@
 #include "age/model/embedding_model.hpp"
 #include "age/model/finite_difference.hpp"
 #include "age/model/sigmoid.hpp"
+#include "age/model/stacked_member.hpp"
 #include "age/model/tower.hpp"
 #include "age/serve/model_holder.hpp"
 #include "age/train/loss.hpp"

@@ -12,6 +12,7 @@
 
 #include "age/explore/baselines.hpp"
 #include "age/model/embedding_model.hpp"
+#include "age/model/stacked_member.hpp"
 
 using namespace age;
 
@@ -645,4 +646,43 @@ TEST_CASE("baselines reject invalid configurations with ConfigError", "[baseline
   CHECK_THROWS_WITH(ts.observe({user, items, 0}, 3, true),
                     Catch::Contains("GradientTs.observe: shown candidate index: expected in [0, 3), got 3"));
   CHECK_THROWS_AS(ts.observe({user, items, 0}, -1, true), InputError);
+}
+
+TEST_CASE("an ensemble of members with their own embeddings, stacked: each member reads its rows", "[baselines]") {
+  // Two towers of different input sizes would not stack; three of one shape do.
+  std::vector<Tower> towers;
+  for (std::uint64_t m = 0; m < 3; ++m) towers.push_back(make_tower(400 + m));
+  const std::size_t du = towers[0].user_dim(), di = towers[0].item_dim();
+  std::vector<StackedMember<Tower>> members;
+  for (std::size_t m = 0; m < 3; ++m) members.push_back(StackedMember<Tower>::of(towers[m], m, 3));
+  Rng rng(8);
+  const Index n = 4;
+  const Matrix user = random_matrix(static_cast<Index>(3 * du), 1, rng);
+  const Matrix items = random_matrix(static_cast<Index>(3 * di), n, rng);
+  for (std::size_t m = 0; m < 3; ++m) {
+    INFO("member " << m);
+    const Matrix own_user = user.middleRows(static_cast<Index>(m * du), static_cast<Index>(du));
+    const Matrix own_items = items.middleRows(static_cast<Index>(m * di), static_cast<Index>(di));
+    StackedMember<Tower>::Workspace ws;
+    TowerWorkspace tws;
+    RowVector z(n), expected(n), p(n), q(n);
+    members[m].logits(user, items, nullptr, ws, z);
+    towers[m].logits(own_user, own_items, nullptr, tws, expected);
+    CHECK(z == expected);
+    Matrix g, g_user, own_g, own_g_user;
+    members[m].probability_gradient(user, items, nullptr, ws, p, &g, &g_user);
+    towers[m].probability_gradient(own_user, own_items, nullptr, tws, q, &own_g, &own_g_user);
+    REQUIRE(g.rows() == static_cast<Index>(3 * di));
+    CHECK(g.middleRows(static_cast<Index>(m * di), static_cast<Index>(di)) == own_g);
+    CHECK(g_user.middleRows(static_cast<Index>(m * du), static_cast<Index>(du)) == own_g_user);
+    // The other members' rows do not move this member's score.
+    CHECK(g.cwiseAbs().sum() == Approx(own_g.cwiseAbs().sum()));
+  }
+  // The ensemble policies take them as members.
+  const EnsembleUcb<StackedMember<Tower>> ucb(members, {.scale = 1.0});
+  EnsembleUcb<StackedMember<Tower>>::Workspace ucb_ws;
+  ScoredRequest out;
+  ucb.score(Request{user, items, 3}, out, ucb_ws);
+  CHECK(out.size() == n);
+  CHECK_THROWS_AS(StackedMember<Tower>(towers[0], 1, 0, du, 3 * di), DimensionError);  // user rows [1, 5) of 4
 }

@@ -14,13 +14,15 @@
 #include "age/explore/uncertainty.hpp"
 #include "age/sim/agent.hpp"
 #include "age/sim/environment.hpp"
-#include "age/sim/policies.hpp"
 #include "age/sim/r6b.hpp"
 #include "age/sim/replay.hpp"
-#include "age/sim/study_model.hpp"
+// The study's agent and policy registry (study code, outside the installed headers).
+#include "../../examples/replay/model_agent.hpp"
+#include "../../examples/replay/policies.hpp"
 
 using namespace age;
 using namespace age::sim;
+using namespace study;
 
 namespace {
 
@@ -256,47 +258,3 @@ TEST_CASE("Study agents start from the same warm model and run end to end", "[re
   CHECK_THROWS_WITH(find_policy("age-tx"), Catch::Contains("vanilla, random, egreedy"));
 }
 
-TEST_CASE("StudyModel's cached MC-Dropout pass equals the tower under the same mask", "[replay]") {
-  LearningSettings ls;
-  EmbeddingCtrModel model(ls.layout(), ls.hidden);
-  Rng init(5);
-  model.initialize(init, 0.5);  // large embeddings: a non-trivial function
-  StudyModel sm(model);
-  StudyModel::Workspace ws;
-  TowerWorkspace tws;
-  Matrix user = Matrix::Random(static_cast<Index>(model.user_dim()), 1);
-  Matrix items = Matrix::Random(static_cast<Index>(model.item_dim()), 37);
-  RowVector base(37), fast(37), slow(37);
-  Rng rng(8);
-  DropoutMask mask;
-  for (double p : {0.01, 0.05}) {
-    for (int s = 0; s < 20; ++s) {
-      sm.logits(user, items, nullptr, ws, base);  // fills the cache
-      sm.sample_mask(p, 1, rng, mask);
-      sm.logits(user, items, &mask, ws, fast);
-      model.tower().logits(user, items, &mask, tws, slow);
-      INFO("p " << p << " sample " << s);
-      CHECK((fast - slow).cwiseAbs().maxCoeff() < 1e-4f * (1 + slow.cwiseAbs().maxCoeff()));
-    }
-  }
-  // Other inputs than the cached ones take the ordinary path (and still agree).
-  Matrix other = items * 0.5f;
-  sm.logits(user, other, &mask, ws, fast);
-  model.tower().logits(user, other, &mask, tws, slow);
-  CHECK((fast - slow).cwiseAbs().maxCoeff() < 1e-5f);
-  // The MC-Dropout policies give the same delta_y through either model.
-  McDropoutUcb ucb;
-  McDropoutUcb::Workspace<DefaultEngine<StudyModel>> uws;
-  McDropoutUcb::Workspace<DefaultEngine<EmbeddingCtrModel>> ews;
-  RowVector d1(37), d2(37);
-  sm.logits(user, items, nullptr, ws, base);
-  for (Index i = 0; i < base.size(); ++i) base[i] = sigmoid(base[i]);
-  Rng r1(4, 4), r2(4, 4);
-  {
-    RequestSession<StudyModel> a(sm, Request{user, items});
-    ucb.compute(a.engine(), base, r1, uws, d1);
-    RequestSession<EmbeddingCtrModel> b(model, Request{user, items});
-    ucb.compute(b.engine(), base, r2, ews, d2);
-  }
-  CHECK((d1 - d2).cwiseAbs().maxCoeff() <= 1e-6f + 1e-3f * d2.cwiseAbs().maxCoeff());
-}

@@ -1,4 +1,4 @@
-// The two ways the offline study runs a policy (an Agent):
+// The two ways to evaluate a policy (an age::sim::Agent, age/sim/agent.hpp) offline:
 //
 // Replay (Li, Chu, Langford, Wang, WSDM 2011): a log whose displayed article was chosen
 // uniformly at random is read in time order. The first `warmup` lines (80,000) warm-start

@@ -2,7 +2,7 @@
 // exploration headers plus the paper's ablations (AGE-METHOD.md, Tables 1-3), with their
 // tunable knobs, default values and tuning grids.
 //
-// Knobs (each policy's own; chosen by --tune on validation seeds, see age_replay.cpp):
+// Knobs (each policy's own; chosen by --tune on validation seeds, see examples/replay/tuning.cpp):
 //   egreedy          epsilon     probability that a visit explores
 //   ensemble-ucb     scale       c in mu + c * var of the M = 5 members
 //   gradient-ts/ucb  nu          scale of the gradient-norm uncertainty (NeuralTS nu)
@@ -24,10 +24,9 @@
 #include "age/explore/ablation.hpp"
 #include "age/explore/baselines.hpp"
 #include "age/explore/scorer.hpp"
-#include "age/sim/agent.hpp"
-#include "age/sim/study_model.hpp"
+#include "model_agent.hpp"
 
-namespace age::sim {
+namespace study {
 
 struct PolicySpec {
   std::string name;      // command-line name
@@ -51,9 +50,9 @@ inline AgeSettings age_settings(const PolicyInputs& in) {
   return s;
 }
 
-inline std::vector<const StudyModel*> member_pointers(const PolicyInputs& in) {
-  std::vector<const StudyModel*> p;
-  for (const StudyModel& m : in.members) p.push_back(&m);
+inline std::vector<const StackedMember<EmbeddingCtrModel>*> member_pointers(const PolicyInputs& in) {
+  std::vector<const StackedMember<EmbeddingCtrModel>*> p;
+  for (const StackedMember<EmbeddingCtrModel>& m : in.members) p.push_back(&m);
   return p;
 }
 
@@ -102,19 +101,19 @@ inline std::vector<PolicySpec> study_policies() {
   using detail::one_knob_grid;
   std::vector<PolicySpec> p;
   p.push_back({"vanilla", "DNN-vanilla", 1, false, false, "", {}, {},
-               [](const PolicyInputs& in) { return box(Greedy<StudyModel>(in.members[0])); }});
+               [](const PolicyInputs& in) { return box(Greedy<EmbeddingCtrModel>(in.model)); }});
   p.push_back({"random", "random", 1, false, false, "", {}, {},
-               [](const PolicyInputs& in) { return box(RandomPolicy<StudyModel>(in.members[0], in.seed)); }});
+               [](const PolicyInputs& in) { return box(RandomPolicy<EmbeddingCtrModel>(in.model, in.seed)); }});
   p.push_back({"egreedy", "epsilon-greedy", 1, false, false, "", {{"epsilon", 0.05}},
                one_knob_grid("epsilon", {0.005, 0.01, 0.02, 0.05, 0.1, 0.2}), [](const PolicyInputs& in) {
-                 return box(EpsilonGreedy<StudyModel>(in.members[0], {knob(in.knobs, "epsilon", 0.05), in.seed}));
+                 return box(EpsilonGreedy<EmbeddingCtrModel>(in.model, {knob(in.knobs, "epsilon", 0.05), in.seed}));
                }});
   p.push_back({"ensemble-ts", "Ensemble-TS", 0, true, false, "", {}, {}, [](const PolicyInputs& in) {
-                 return box(EnsembleTs<StudyModel>(detail::member_pointers(in), in.seed));
+                 return box(EnsembleTs<StackedMember<EmbeddingCtrModel>>(detail::member_pointers(in), in.seed));
                }});
   p.push_back({"ensemble-ucb", "Ensemble-UCB", 0, true, false, "", {{"scale", 100}},
                one_knob_grid("scale", {1, 10, 100, 1e3, 1e4, 1e5}), [](const PolicyInputs& in) {
-                 return box(EnsembleUcb<StudyModel>(detail::member_pointers(in),
+                 return box(EnsembleUcb<StackedMember<EmbeddingCtrModel>>(detail::member_pointers(in),
                                                     EnsembleUcbConfig{knob(in.knobs, "scale", 100)}));
                }});
   p.push_back({"gradient-ts", "Gradient-TS", 1, false, false, "", {{"nu", 0.01}},
@@ -122,40 +121,40 @@ inline std::vector<PolicySpec> study_policies() {
                  GradientConfig c;
                  c.nu = knob(in.knobs, "nu", 0.01);
                  c.seed = in.seed;
-                 return box(GradientTs<StudyModel>(in.members[0], c));
+                 return box(GradientTs<EmbeddingCtrModel>(in.model, c));
                }});
   p.push_back({"gradient-ucb", "Gradient-UCB", 1, false, false, "", {{"nu", 0.03}},
                one_knob_grid("nu", {0.003, 0.01, 0.03, 0.1, 0.3, 1}), [](const PolicyInputs& in) {
                  GradientConfig c;
                  c.nu = knob(in.knobs, "nu", 0.03);
                  c.seed = in.seed;
-                 return box(GradientUcb<StudyModel>(in.members[0], c));
+                 return box(GradientUcb<EmbeddingCtrModel>(in.model, c));
                }});
   p.push_back({"age-ts", "AGE-TS", 1, false, true, "", {{"lambda", 30}, {"pgd_steps", 3}},
                age_grid(ts_lambda_grid(), true),
-               [](const PolicyInputs& in) { return box(age_ts(in.members[0], in.dgu, age_settings(in))); }});
+               [](const PolicyInputs& in) { return box(age_ts(in.model, in.dgu, age_settings(in))); }});
   p.push_back({"age-ucb", "AGE-UCB", 1, false, true, "", {{"lambda", 2e4}, {"pgd_steps", 3}},
                age_grid(ucb_lambda_grid(), true),
-               [](const PolicyInputs& in) { return box(age_ucb(in.members[0], in.dgu, age_settings(in))); }});
+               [](const PolicyInputs& in) { return box(age_ucb(in.model, in.dgu, age_settings(in))); }});
   p.push_back({"age-ts-fgm", "AGE-TS (FGM)", 1, false, true, "", {{"lambda", 30}}, age_grid(ts_lambda_grid(), false),
-               [](const PolicyInputs& in) { return box(age_ts_fgm(in.members[0], in.dgu, age_settings(in))); }});
+               [](const PolicyInputs& in) { return box(age_ts_fgm(in.model, in.dgu, age_settings(in))); }});
   // Ablations (Table 2): the knobs of the variant they ablate.
   p.push_back({"age-ts-nodelta", "AGE-TS w/o delta_y", 1, false, true, "age-ts", {}, {},
-               [](const PolicyInputs& in) { return box(age_ts_without_delta(in.members[0], in.dgu, age_settings(in))); }});
+               [](const PolicyInputs& in) { return box(age_ts_without_delta(in.model, in.dgu, age_settings(in))); }});
   p.push_back({"age-ts-nodir", "AGE-TS w/o g~", 1, false, true, "age-ts", {}, {}, [](const PolicyInputs& in) {
-                 return box(age_ts_without_direction(in.members[0], in.dgu, age_settings(in)));
+                 return box(age_ts_without_direction(in.model, in.dgu, age_settings(in)));
                }});
   p.push_back({"age-ts-nogate", "AGE-TS w/o DGU", 1, false, false, "age-ts", {}, {},
-               [](const PolicyInputs& in) { return box(age_ts_without_gate(in.members[0], age_settings(in))); }});
+               [](const PolicyInputs& in) { return box(age_ts_without_gate(in.model, age_settings(in))); }});
   for (const char* t : {"0.005", "0.01", "0.02"}) {
     const double threshold = std::stod(t);
     p.push_back({std::string("age-ts-fixed") + t, std::string("AGE-TS fixed threshold ") + t, 1, false, false,
                  "age-ts", {}, {}, [threshold](const PolicyInputs& in) {
-                   return box(age_ts_fixed_threshold(in.members[0], threshold, age_settings(in)));
+                   return box(age_ts_fixed_threshold(in.model, threshold, age_settings(in)));
                  }});
   }
   p.push_back({"age-ucb-nogate", "AGE-UCB w/o DGU", 1, false, false, "age-ucb", {}, {},
-               [](const PolicyInputs& in) { return box(age_ucb_without_gate(in.members[0], age_settings(in))); }});
+               [](const PolicyInputs& in) { return box(age_ucb_without_gate(in.model, age_settings(in))); }});
   return p;
 }
 
@@ -175,4 +174,4 @@ inline PolicySpec find_policy(const std::string& name) {
   throw ConfigError("policy: expected one of " + policy_names() + ", got '" + name + "'");
 }
 
-}  // namespace age::sim
+}  // namespace study
