@@ -70,7 +70,10 @@ inline void first_layer(const TowerLayers& t, ConstMatrixRef user, ConstMatrixRe
   pre0.resize(t.weights[0].rows(), n);
   if (ws.shared_user) {
     ws.user_pre.resize(t.weights[0].rows());
-    multiply(ws.user_pre, t.w_user(), user);
+    if (t.user_dim > 0)
+      multiply(ws.user_pre, t.w_user(), user);
+    else
+      ws.user_pre.setZero();  // the DGU reads the item part only
     ws.user_pre += t.biases[0];
     gemm_from_column(pre0, ws.user_pre, t.w_item(), items, finish);
   } else {
@@ -142,14 +145,14 @@ inline void backward(const TowerLayers& t, const TowerTables& tables, const Eige
       Matrix& gw = params->weights[l];
       gw.resize(t.weights[l].rows(), t.weights[l].cols());
       if (l > 0) {
-        multiply_nt(gw, d_pre, ws.act[l - 1]);
+        multiply_nt(gw, d_pre, ws.act[l - 1], ws.transposed);
       } else {
-        multiply_nt(gw.rightCols(t.di()), d_pre, items);
+        multiply_nt(gw.rightCols(t.di()), d_pre, items, ws.transposed);
         if (t.user_dim > 0) {
           if (ws.shared_user)
-            multiply_nt(gw.leftCols(t.du()), params->biases[0], user);
+            multiply_nt(gw.leftCols(t.du()), params->biases[0], user, ws.transposed);
           else
-            multiply_nt(gw.leftCols(t.du()), d_pre, user);
+            multiply_nt(gw.leftCols(t.du()), d_pre, user, ws.transposed);
         }
       }
     }
@@ -168,7 +171,7 @@ inline void backward(const TowerLayers& t, const TowerTables& tables, const Eige
   }
   if (d_user) {
     d_user->resize(t.du(), n);
-    if (t.user_dim > 0) multiply_tn(*d_user, t.w_user(), ws.d_pre[0]);
+    if (t.user_dim > 0) multiply(*d_user, tables.transposed_user, ws.d_pre[0]);
   }
 }
 

@@ -1,7 +1,8 @@
 // What a tower derives from its weights once per change of the weights (Tower::edit()
 // commits when the edit ends), so that every scoring pass after reads it:
-//   - transposed copies W_item^T and W_l^T (l >= 1), so that the input gradient's products
-//     W^T d run on the product kernel, which reads its left operand column by column;
+//   - transposed copies W_item^T, W_user^T and W_l^T (l >= 1), so that the input
+//     gradient's products W^T d run on the product kernel, which reads its left operand
+//     column by column;
 //   - per hidden unit, 1 / (bound of |delta pre| per unit length of an item move), the
 //     radius of the certified linear moves (age/model/certified_moves.hpp);
 //   - the sign table of the top layer (age/model/sign_table.hpp), when it is on and the
@@ -25,6 +26,7 @@ namespace age::detail {
 
 struct TowerTables {
   std::vector<Matrix> transposed;  // [0] = W_item^T, [l] = W_l^T for l >= 1
+  Matrix transposed_user;          // W_user^T
   std::vector<Vector> inverse_move_bound;  // per hidden layer, one per unit
   SignTable sign_table;                    // B = W_top^T diag(w_out), tabulated
 
@@ -33,6 +35,7 @@ struct TowerTables {
     transposed.resize(layers);
     if (layers == 0) return;
     transposed[0] = t.w_item().transpose();
+    transposed_user = t.w_user().transpose();
     for (std::size_t l = 1; l < layers; ++l) transposed[l] = t.weights[l].transpose();
     // ||W_item[o, :]|| for layer 0, ||W_l[o, :]|| times the Frobenius norms of the layers
     // below for the others (the chain of bounds in certified_moves.hpp). A unit that cannot
@@ -59,15 +62,9 @@ struct TowerTables {
       sign_table.clear();
   }
 
-  // y = W_l^T d (layer l >= 1) or W_item^T d (l = 0), the products of the input gradient:
-  // the kernel on the transposed copy, or Eigen's product where the output is narrower
-  // than one vector.
-  void transposed_product(std::size_t l, ConstMatrixRef d, MatrixRef y) const {
-    if (y.rows() >= simd::kWidth)
-      gemm_assign(y, transposed[l], d);
-    else
-      multiply(y, transposed[l], d);
-  }
+  // y = W_l^T d (layer l >= 1) or W_item^T d (l = 0), the products of the input gradient,
+  // on the transposed copy.
+  void transposed_product(std::size_t l, ConstMatrixRef d, MatrixRef y) const { multiply(y, transposed[l], d); }
   // The same through the ReLU of the layer below: y = 1[below > 0] .* W_l^T d, `below` the
   // pre-activation of layer l - 1 with y's rows; its column columns[n] (nullptr: n) goes
   // with y's column n (the candidates Tower::request_select keeps in place). In the same

@@ -74,6 +74,7 @@ struct TowerWorkspace {
                                // first pass writes none (backward() writes them then)
   std::vector<Matrix> d_pre;   // backward: d(objective)/d(pre-activation) of each layer
   RowVector d_logit;           // upstream gradient scratch of probability_gradient()
+  Matrix transposed;           // backward: an activation transposed for a weight gradient
   const DropoutMask* mask = nullptr;  // mask of the last forward pass
   bool shared_user = true;
   bool acts_written = true;    // act holds ReLU(pre) of the last forward pass
