@@ -429,7 +429,7 @@ TEST_CASE("the request passes give the plain path's scores", "[scorer]") {
   }
   SECTION("the whole input moves: only an engine that moves the user part takes it") {
     const Pgd whole{.lambda = 5, .target = PerturbTarget::whole_input};
-    CHECK(whole.moves_user());
+    CHECK(moves_user(whole));
     CHECK_THROWS_AS((AgeTs<EmbeddingCtrModel>(w.model, dgu, McDropoutTs{0.1}, whole)), ConfigError);
     CHECK_THROWS_WITH((AgeTs<EmbeddingCtrModel>(w.model, dgu, McDropoutTs{0.1}, whole)),
                       Catch::Contains("whole_input") && Catch::Contains("PlainEngine"));

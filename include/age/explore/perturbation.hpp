@@ -10,11 +10,11 @@
 //       explored (Eigen::Ref<RowVector>, k): the probability after the move of each of the
 //       engine's k candidates, given their no-dropout probabilities `base` and their
 //       uncertainty `delta`. Const (thread-safe); every random draw from `rng`.
-// Optionally:
-//   bool moves_user() const      true when the move includes the user part; the scorer
-//                                then needs an engine with moves_user (PlainEngine)
-//   p.reserve(engine, n, ws)     sizes ws for up to n candidates (no allocation later)
-// The moving policies (Fgm, Pgd, RandomDirection) leave dh in ws.d_items (item_dim x k)
+// The moving policies (Fgm, Pgd, RandomDirection: a `target` and a MoveWorkspace) may
+// move the user part too (PerturbTarget::whole_input, moves_user(p)), which the scorer
+// refuses on an engine without moves_user; it sizes their workspace for all N candidates
+// before gathering the open ones (reserve_moves), so that nothing allocates later. They
+// leave dh in ws.d_items (item_dim x k)
 // and, for PerturbTarget::whole_input, ws.d_user (user_dim x k), except where an engine's
 // one-pass FGM shortcut scores a certified move from the gradient's norm alone.
 //
@@ -162,6 +162,24 @@ inline Matrix* user_part(bool whole, Matrix& m) noexcept { return whole ? &m : n
 
 }  // namespace detail
 
+// A moving policy: one whose move has a target and lives in a MoveWorkspace.
+template <class P>
+concept MovingPolicy = requires(const P& p) {
+  { p.target } -> std::convertible_to<PerturbTarget>;
+  requires std::same_as<typename P::template Workspace<void>, MoveWorkspace>;
+};
+
+// Whether a moving policy moves the user part too (PerturbTarget::whole_input).
+template <MovingPolicy P>
+bool moves_user(const P& p) noexcept {
+  return p.target == PerturbTarget::whole_input;
+}
+// Sizes a moving policy's workspace for up to n candidates of `engine`.
+template <MovingPolicy P, class E>
+void reserve_moves(const P& p, const E& engine, Index n, MoveWorkspace& ws) {
+  detail::reserve_move(engine, moves_user(p), n, ws);
+}
+
 // FGM: one step of length lambda' * |delta_y| along the normalised gradient,
 //   dh = lambda' * delta_y * grad_h f / ||grad_h f||_2        (per candidate, L2)
 // (gradient of the probability; the logit's has the same direction).
@@ -173,16 +191,11 @@ struct Fgm {
   using Workspace = MoveWorkspace;
 
   void validate() const { detail::check_lambda("Fgm", lambda); }
-  bool moves_user() const noexcept { return target == PerturbTarget::whole_input; }
-  template <class E>
-  void reserve(const E& engine, Index n, MoveWorkspace& ws) const {
-    detail::reserve_move(engine, moves_user(), n, ws);
-  }
 
   template <EvaluationEngine E>
   void explore(E& engine, Eigen::Ref<const RowVector> base, Eigen::Ref<const RowVector> delta, Rng&,
                MoveWorkspace& ws, Eigen::Ref<RowVector> explored) const {
-    const bool whole = moves_user();
+    const bool whole = moves_user(*this);
     const Index n = engine.size();
     // The one-pass shortcut writes no move, and the other path writes every column.
     if (!detail::start_move(engine, lambda, whole, delta, ws, /*zero_move=*/false)) {
@@ -225,18 +238,13 @@ struct Pgd {
     if (!(random_start >= 0.0 && random_start <= 1.0))
       throw ConfigError("Pgd.random_start: expected a value in [0, 1], got " + std::to_string(random_start));
   }
-  bool moves_user() const noexcept { return target == PerturbTarget::whole_input; }
-  template <class E>
-  void reserve(const E& engine, Index n, MoveWorkspace& ws) const {
-    detail::reserve_move(engine, moves_user(), n, ws);
-  }
 
   // Each step after the first costs one moved pass and its gradient (on the request
   // passes: pre0 + W_item r, or none for a certified linear move).
   template <EvaluationEngine E>
   void explore(E& engine, Eigen::Ref<const RowVector> base, Eigen::Ref<const RowVector> delta, Rng& rng,
                MoveWorkspace& ws, Eigen::Ref<RowVector> explored) const {
-    const bool whole = moves_user();
+    const bool whole = moves_user(*this);
     const Index n = engine.size();
     if (!detail::start_move(engine, lambda, whole, delta, ws)) {
       explored = base;
@@ -283,16 +291,11 @@ struct RandomDirection {
   using Workspace = MoveWorkspace;
 
   void validate() const { detail::check_lambda("RandomDirection", lambda); }
-  bool moves_user() const noexcept { return target == PerturbTarget::whole_input; }
-  template <class E>
-  void reserve(const E& engine, Index n, MoveWorkspace& ws) const {
-    detail::reserve_move(engine, moves_user(), n, ws);
-  }
 
   template <EvaluationEngine E>
   void explore(E& engine, Eigen::Ref<const RowVector> base, Eigen::Ref<const RowVector> delta, Rng& rng,
                MoveWorkspace& ws, Eigen::Ref<RowVector> explored) const {
-    const bool whole = moves_user();
+    const bool whole = moves_user(*this);
     if (!detail::start_move(engine, lambda, whole, delta, ws)) {
       explored = base;
       return;

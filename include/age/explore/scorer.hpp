@@ -105,8 +105,8 @@ class AgeScorer : public CandidateLimit {
     perturbation_.validate();
     gate_.validate();
     detail::validate_against_model(gate_, model);
-    if constexpr (requires { perturbation_.moves_user(); })
-      if (perturbation_.moves_user() && !Engine::moves_user)
+    if constexpr (MovingPolicy<Perturbation>)
+      if (moves_user(perturbation_) && !Engine::moves_user)
         throw ConfigError(
             "AgeScorer: perturbation target: expected PerturbTarget::items on an engine that moves the item part "
             "only (the default engine of a model with request passes), got whole_input; choose PlainEngine<Model> "
@@ -207,8 +207,7 @@ class AgeScorer : public CandidateLimit {
     detail::scratch_head(ws.base, n);
     detail::scratch_head(ws.delta, n);
     detail::scratch_head(ws.explored, n);
-    if constexpr (requires { perturbation_.reserve(engine, n, ws.perturbation); })
-      perturbation_.reserve(engine, n, ws.perturbation);
+    if constexpr (MovingPolicy<Perturbation>) reserve_moves(perturbation_, engine, n, ws.perturbation);
     Rng perturbation_stream = perturbation_rng(request.id);
     if (k == n || (k > 0 && !gather_open_)) {
       auto explored = ws.explored.head(n);

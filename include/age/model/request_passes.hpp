@@ -212,13 +212,7 @@ class TowerRequestPasses {
       gradient_at(ws.pre, kept_columns(rq), d_logit, rq, d_items);
       return;
     }
-    const Index k = rq.columns;
-    require_dim("request_item_gradient: d_logit length", static_cast<std::size_t>(k),
-                static_cast<std::size_t>(d_logit.size()));
-    require_dim("request_item_gradient: output columns (candidates)", static_cast<std::size_t>(k),
-                static_cast<std::size_t>(d_items.cols()));
-    unit_gradient_and_radius(ws);
-    d_items.noalias() = rq.unit_gradient.leftCols(k) * d_logit.asDiagonal();
+    scaled_unit_gradient("request_item_gradient", d_logit, ws, d_items, /*compute=*/true);
   }
 
   // Logits at h + dh with only the item part moved (d_items: item_dim x k), from the
@@ -322,14 +316,9 @@ class TowerRequestPasses {
       gradient_at(rq.pre, nullptr, d_logit, rq, d_items);
       return;
     }
-    const Index k = rq.columns;
-    require_dim("request_moved_item_gradient: d_logit length", static_cast<std::size_t>(k),
-                static_cast<std::size_t>(d_logit.size()));
-    require_dim("request_moved_item_gradient: output columns (candidates)", static_cast<std::size_t>(k),
-                static_cast<std::size_t>(d_items.cols()));
     // Certified candidates: the gradient of their linear piece, the one at h. The others:
     // from their gathered moved pass.
-    d_items.noalias() = rq.unit_gradient.leftCols(k) * d_logit.asDiagonal();
+    scaled_unit_gradient("request_moved_item_gradient", d_logit, ws, d_items, /*compute=*/false);
     const Index m = static_cast<Index>(rq.full_moves.size());
     if (m == 0) return;
     auto d_logit_full = scratch_head(rq.gathered_logit, m);
@@ -429,6 +418,22 @@ class TowerRequestPasses {
       rq.changed_factor.reserve(t_.hidden[0]);
       rq.changed_scale.reserve(t_.hidden[0] * gemm_kernel::kCols);  // output_logits_of
     }
+  }
+
+  // d_items = the unit gradient at h scaled by d_logit per candidate (computed first when
+  // `compute`), after checking the shapes for `pass`.
+  void scaled_unit_gradient(const char* pass, Eigen::Ref<const RowVector> d_logit, TowerWorkspace& ws,
+                            Eigen::Ref<Matrix> d_items, bool compute) const {
+    const Index k = ws.request.columns;
+    // The messages are built only on failure: this runs on every request.
+    if (d_logit.size() != k)
+      throw DimensionError(mismatch(std::string(pass) + ": d_logit length", static_cast<std::size_t>(k),
+                                    static_cast<std::size_t>(d_logit.size())));
+    if (d_items.cols() != k)
+      throw DimensionError(mismatch(std::string(pass) + ": output columns (candidates)", static_cast<std::size_t>(k),
+                                    static_cast<std::size_t>(d_items.cols())));
+    if (compute) unit_gradient_and_radius(ws);
+    d_items.noalias() = ws.request.unit_gradient.leftCols(k) * d_logit.asDiagonal();
   }
 
   // d logit / d items of the request's k candidates into rq.unit_gradient (item_dim x k),

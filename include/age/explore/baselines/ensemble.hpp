@@ -22,6 +22,13 @@ inline constexpr std::size_t kDefaultEnsembleSize = 5;
 
 namespace detail::baseline {
 
+// Per-thread scratch of both ensemble policies.
+template <CtrModel Model>
+struct EnsembleWorkspace {
+  std::vector<typename Model::Workspace> model;  // one per member
+  RowMajorMatrix prob;                           // M x N
+};
+
 // The members of an ensemble: non-owning pointers to M >= min_size models with equal
 // user_dim and item_dim. The models must outlive the policy.
 template <CtrModel Model>
@@ -84,10 +91,7 @@ class EnsembleMembers {
 template <CtrModel Model>
 class EnsembleTs : public CandidateLimit {
  public:
-  struct Workspace {
-    std::vector<typename Model::Workspace> model;  // one per member
-    detail::baseline::RowMajorMatrix prob;                    // M x N
-  };
+  using Workspace = detail::baseline::EnsembleWorkspace<Model>;
 
   explicit EnsembleTs(std::vector<const Model*> members, std::uint64_t seed = 0)
       : members_(std::move(members), 1, "EnsembleTs"), seed_(seed) {}
@@ -140,10 +144,7 @@ struct EnsembleUcbConfig {
 template <CtrModel Model>
 class EnsembleUcb : public CandidateLimit {
  public:
-  struct Workspace {
-    std::vector<typename Model::Workspace> model;  // one per member
-    detail::baseline::RowMajorMatrix prob;                    // M x N
-  };
+  using Workspace = detail::baseline::EnsembleWorkspace<Model>;
 
   explicit EnsembleUcb(std::vector<const Model*> members, EnsembleUcbConfig config = {})
       : members_(std::move(members), 2, "EnsembleUcb"), config_(config) {
