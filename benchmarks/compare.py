@@ -16,7 +16,8 @@ thread; by default with OpenBLAS's own choice of kernels for this processor
 --peer-coretype env keeps the caller's.
 If age_bench_blas exists (age built with EIGEN_USE_BLAS against the same BLAS) it gets a
 column too. Also printed: the GEMM ceiling and greedy's fraction of it, AGE-TS+FGM over
-greedy, 1- vs 2-thread throughput, workspace bytes, and the issue's targets, met or not.
+greedy, 1- vs 2-thread throughput, workspace bytes, and the project's latency targets, met or
+not.
 """
 
 import argparse
@@ -229,7 +230,7 @@ def main():
             if b is not None:
                 print("| %s | %d | %.0f | %.0f | %.0f |" % (p, n, b, c, growth or 0))
 
-    # Targets (issue 5).
+    # The project's scoring-latency targets (benchmarks/README.md).
     def ratio(p, n):
         return table["BM_Score/%s/%d" % (p, n)]["ratio"] or 0.0
 

@@ -1,4 +1,4 @@
-// age-replay: the offline study of AGE-METHOD.md ("Offline experiment"), rerunnable by
+// age-replay: the paper's offline study (METHOD.md, "Offline replay protocol"), rerunnable by
 // anyone. Runs every exploration policy of the library on the synthetic R6B-like world
 // (age/sim/environment.hpp) online or by replay of its uniformly-random log, or by replay
 // of a real Yahoo! R6B file (Webscope licence), and reports cumulative clicks as in the

@@ -1,6 +1,6 @@
 // The policies of the offline study, by name: every baseline and AGE variant of the
-// exploration headers plus the paper's ablations (AGE-METHOD.md, Tables 1-3), with their
-// tunable knobs, default values and tuning grids.
+// exploration headers plus the paper's ablations (METHOD.md, "Baselines" and "The paper's
+// results", Tables 1-3), with their tunable knobs, default values and tuning grids.
 //
 // Knobs (each policy's own; chosen by --tune on validation seeds, see examples/replay/tuning.cpp):
 //   egreedy          epsilon     probability that a visit explores
@@ -65,7 +65,7 @@ inline std::vector<Knobs> one_knob_grid(const std::string& name, std::vector<dou
   return g;
 }
 
-// lambda' values x PGD steps {3 (the spec's default), 1}.
+// lambda' values, PGD at T = 3 steps (the library's default, METHOD.md "FGM and PGD").
 inline std::vector<Knobs> age_grid(const std::vector<double>& lambdas, bool pgd) {
   std::vector<Knobs> g;
   for (double l : lambdas) {

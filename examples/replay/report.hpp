@@ -1,5 +1,6 @@
-// The study's report: Markdown summaries with the change against a reference policy (the
-// layout of Table 1 of AGE-METHOD.md), results.csv (one row per policy and seed), curves.csv
+// The study's report: Markdown summaries with the change (M24) against a reference policy
+// (the layout of the paper's Table 1, METHOD.md "The paper's results"), results.csv (one row
+// per policy and seed), curves.csv
 // (cumulative clicks over visits), summary.md (the tables of the run, also printed) and
 // curves.png (drawn by examples/plot_curves.py when matplotlib is there).
 #pragma once

@@ -47,9 +47,10 @@ struct StudySetup {
 // The setup every job of a run shares, from the options.
 StudySetup make_setup(const Options& o);
 
-// Warm starts of the issue: W = 20,000 uniformly served visits online, the first 80,000
-// lines in replay. Scaled down only for worlds smaller than the default V = 200,000 (so
-// that a short run still evaluates something): W = V / 10, 2 V / 5 lines.
+// Warm starts: W = 20,000 uniformly served visits online, the first 80,000 lines in replay
+// (the paper's, METHOD.md "Offline replay protocol"). Scaled down only for worlds smaller
+// than the default V = 200,000 (so that a short run still evaluates something): W = V / 10,
+// 2 V / 5 lines.
 std::uint64_t online_warmup(std::uint64_t visits);
 std::uint64_t replay_warmup(const Options& o);
 

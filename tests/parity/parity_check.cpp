@@ -6,8 +6,8 @@
 //
 // Compared per request: the embeddings (raw-id requests), the logits, the probabilities,
 // the gradient of the probability w.r.t. the item part and w.r.t. the whole input
-// [user | item] (AGE-METHOD.md, "grad_h f"). The references are float64 (see
-// run_parity.py); age computes in float32.
+// [user | item] (grad_h f of (M5), METHOD.md "Pseudo-exploration"). The references are
+// float64 (see run_parity.py); age computes in float32.
 //
 // Error measure, per element: |age - ref| / max(|ref|, 0.1 * scale), where `scale` (from
 // the reference file) is the magnitude of the terms the element is summed from -- the same

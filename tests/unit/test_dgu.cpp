@@ -1,4 +1,4 @@
-// The Dynamic Gating Unit and the other gates (AGE-METHOD.md, "Dynamic Gating Unit").
+// The Dynamic Gating Unit and the other gates ((M15)-(M18), METHOD.md "Dynamic Gating Unit").
 #include <catch2/catch.hpp>
 
 #include <cmath>

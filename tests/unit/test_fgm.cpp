@@ -1,4 +1,4 @@
-// FGM (AGE-METHOD.md, "Pseudo-exploration"): dh = lambda' * delta_y * g / ||g||, and the
+// FGM ((M6), (M12), METHOD.md "FGM and PGD"): dh = lambda' * delta_y * g / ||g||, and the
 // "AGE without g~" ablation (random unit direction).
 #include <catch2/catch.hpp>
 

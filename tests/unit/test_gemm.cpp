@@ -1,8 +1,8 @@
 // The tower's product kernel (age/model/gemm.hpp) against Eigen's products, on every
 // block and tail shape: rows around the vector width and the register block, candidate
 // counts around the column block, operands that are column ranges of larger matrices;
-// the transposed weight copies of Tower::commit_weights(); and the vector seam under them
-// (age/core/simd.hpp), operation by operation against scalar code.
+// the transposed weight copies a Tower rebuilds when an Edit ends; and the vector seam
+// under them (age/core/simd.hpp), operation by operation against scalar code.
 //
 // This file is also built with -mavx2 -mfma, with -march=native and with
 // -DAGE_SIMD_PORTABLE (tests/CMakeLists.txt: age_test_gemm_avx2, _native, _portable), so

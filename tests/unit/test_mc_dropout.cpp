@@ -1,4 +1,4 @@
-// MC-Dropout uncertainty (AGE-METHOD.md, "Uncertainty delta_y by MC-Dropout") on towers
+// MC-Dropout uncertainty ((M9)-(M11), METHOD.md "MC-Dropout uncertainty") on towers
 // whose dropout distribution is known in closed form, and the "without delta_y" ablation.
 #include <catch2/catch.hpp>
 

@@ -1,4 +1,4 @@
-// PGD on the L2 ball of radius lambda' * |delta_y| (AGE-METHOD.md, "FGM and PGD").
+// PGD on the L2 ball of radius lambda' * |delta_y| ((M13), (M14), METHOD.md "FGM and PGD").
 #include <catch2/catch.hpp>
 
 #include <cmath>

@@ -46,7 +46,7 @@ std::vector<R6bEvent> read_all(const std::string& path, R6bReadOptions options =
 
 }  // namespace
 
-TEST_CASE("R6B parser reads the example line of AGE-METHOD.md", "[r6b]") {
+TEST_CASE("R6B parser reads the example line of METHOD.md", "[r6b]") {
   R6bEvent e;
   parse_r6b_line("1317513292 id-552077 0 |user 1 7 11 37 13 |id-552077 |id-555224 |id-555528", e);
   CHECK(e.timestamp == 1317513292);

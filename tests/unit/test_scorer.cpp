@@ -1,6 +1,6 @@
-// The AGE scorer end to end (AGE-METHOD.md, "Algorithm"): breakdown, ranking, top-k,
-// reproducibility per request id and across threads, validation, the ablation arms, and
-// no allocation in steady state.
+// The AGE scorer end to end (METHOD.md, "One request, step by step"): breakdown, ranking,
+// top-k, reproducibility per request id and across threads, validation, the ablation arms,
+// and no allocation in steady state.
 
 // First: configures Eigen and replaces operator new (one file per binary).
 #include "allocation_watch.hpp"

@@ -40,7 +40,8 @@ using AgeTsFixedThreshold = AgeScorer<Model, McDropoutTs, Pgd, FixedThresholdGat
 template <class Model>
 using AgeTsImpressionCapped = AgeScorer<Model, McDropoutTs, Pgd, AllOf<DguGate, ImpressionCapGate>>;
 
-// The settings the configurations share; defaults as in AGE-METHOD.md.
+// The settings the configurations share; defaults as in METHOD.md, "Open choices and the
+// library's defaults".
 struct AgeSettings {
   double lambda = 1e-3;          // lambda', in the model's embedding units (see perturbation.hpp)
   double dropout_rate = 0.01;    // MC-Dropout p

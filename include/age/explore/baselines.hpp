@@ -1,5 +1,5 @@
-// The paper's baseline exploration policies (AGE-METHOD.md, "Baseline definitions" and
-// Table 1), behind the same Explorer interface as the AGE scorer so that the replay study
+// The paper's baseline exploration policies ((M19)-(M22), METHOD.md "Baselines"; Table 1),
+// behind the same Explorer interface as the AGE scorer so that the replay study
 // compares them like for like:
 //   Greedy (DNN-vanilla), RandomPolicy, EpsilonGreedy        explore/baselines/simple.hpp
 //   EnsembleTs, EnsembleUcb                                  explore/baselines/ensemble.hpp

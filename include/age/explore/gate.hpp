@@ -1,5 +1,5 @@
-// Gate policies: which candidates are explored at all (AGE-METHOD.md, "Dynamic Gating
-// Unit"). A closed gate (sigma = 0) leaves a candidate at exactly its base prediction.
+// Gate policies: which candidates are explored at all ((M16), (M17), METHOD.md "Dynamic
+// Gating Unit"). A closed gate (sigma = 0) leaves a candidate at exactly its base prediction.
 //
 // A Gate policy G for a model M (concept GatePolicy<G, M>) provides
 //   typename G::Workspace                      per-thread scratch, default constructible
@@ -59,8 +59,8 @@ void validate_against_model(const G& g, const M& model) {
 }
 }  // namespace detail
 
-// A DGU tower: the 2-layer MLP f_dgu(h_item) = sigmoid(w2 ReLU(W1 h_item + b1) + b2) on the
-// item embeddings only (no user part). Train it with OnlineTrainer::attach_item_tower.
+// A DGU tower (M15): the 2-layer MLP f_dgu(h_item) = sigmoid(w2 ReLU(W1 h_item + b1) + b2)
+// on the item embeddings only (no user part). Train it with OnlineTrainer::attach_item_tower.
 // Its weights start at ZERO (for loading trained weights into it); a tower to be trained
 // needs random weights, which the overload taking an Rng gives: with all-zero weights the
 // hidden layer's gradient is zero and only the output bias would ever learn.
@@ -76,7 +76,7 @@ inline Tower make_dgu_tower(std::size_t item_dim, Rng& rng, std::size_t hidden =
   return dgu;
 }
 
-// The Dynamic Gating Unit:
+// The Dynamic Gating Unit (M16):
 //   sigma = 1[ f(h | theta) > f_dgu(h_item | theta_s) ]
 // f_dgu estimates the item's average CTR over all users, so the gate explores a candidate
 // only when this user already likes it more than the average user does: exploration is

@@ -1,6 +1,6 @@
 // Perturbation policies: the pseudo-exploration move dh of every candidate and the
-// explored score y_e = f(h + dh | theta) (AGE-METHOD.md, "Pseudo-exploration" and
-// "FGM and PGD").
+// explored score y_e = f(h + dh | theta) ((M6)-(M8), (M12)-(M14); METHOD.md,
+// "Pseudo-exploration" and "FGM and PGD").
 //
 // A Perturbation policy P is written once against the evaluation engine
 // (age/explore/engine.hpp). Requirements (concept PerturbationPolicy<P, Engine>):
@@ -14,9 +14,9 @@
 // move the user part too (PerturbTarget::whole_input, moves_user(p)), which the scorer
 // refuses on an engine without moves_user; it sizes their workspace for all N candidates
 // before gathering the open ones (reserve_moves), so that nothing allocates later. They
-// leave dh in ws.d_items (item_dim x k)
-// and, for PerturbTarget::whole_input, ws.d_user (user_dim x k), except where an engine's
-// one-pass FGM shortcut scores a certified move from the gradient's norm alone.
+// leave dh in ws.d_items (item_dim x k) and, for PerturbTarget::whole_input, ws.d_user
+// (user_dim x k), except where an engine's one-pass FGM shortcut scores a certified move
+// from the gradient's norm alone.
 //
 // lambda' (`lambda`) is in the units of the embeddings h. The default 1e-3 is the paper's
 // offline value for ITS model; the right value depends on the scale of your embeddings
@@ -180,7 +180,7 @@ void reserve_moves(const P& p, const E& engine, Index n, MoveWorkspace& ws) {
   detail::reserve_move(engine, moves_user(p), n, ws);
 }
 
-// FGM: one step of length lambda' * |delta_y| along the normalised gradient,
+// FGM: one step of length lambda' * |delta_y| along the normalised gradient, (M12):
 //   dh = lambda' * delta_y * grad_h f / ||grad_h f||_2        (per candidate, L2)
 // (gradient of the probability; the logit's has the same direction).
 struct Fgm {
@@ -215,7 +215,7 @@ struct Fgm {
   }
 };
 
-// PGD on the L2 ball of radius eps = lambda' * |delta_y| around h:
+// PGD on the L2 ball of radius eps = lambda' * |delta_y| around h, (M13) and (M14):
 //   r_0 = 0 (or a random point at random_start * eps)
 //   r_{t+1} = Proj_{||r|| <= eps}( r_t + alpha * g(h + r_t) / ||g(h + r_t)|| ),  t < T
 //   alpha = step_scale * eps / T   (defaults T = 3, step_scale = 2.5)
@@ -266,7 +266,7 @@ struct Pgd {
     engine.probabilities_at(ws.d_items, d_user, explored);
   }
 
-  // One step of Eq. (PGD) for every candidate: r += alpha * g / ||g||, then the projection
+  // One step of (M13) for every candidate: r += alpha * g / ||g||, then the projection
   // back onto the ball ||r|| <= eps (the candidate's radius).
   void step(bool whole, Index n_cand, MoveWorkspace& ws) const {
     for (Index n = 0; n < n_cand; ++n) {
@@ -281,8 +281,9 @@ struct Pgd {
   }
 };
 
-// Ablation "AGE without g~" (Table 2): a uniformly random unit direction instead of the
-// gradient, with the same length lambda' * |delta_y| and the sign of delta_y.
+// Ablation "AGE without g~" (Table 2, METHOD.md "Baselines"): a uniformly random unit
+// direction instead of the gradient, with the same length lambda' * |delta_y| and the sign
+// of delta_y.
 struct RandomDirection {
   double lambda = 1e-3;
   PerturbTarget target = PerturbTarget::items;

@@ -60,11 +60,11 @@ inline void radix_sort_high_half(std::uint64_t* keys, std::size_t n, std::vector
 }
 }  // namespace detail
 
-// Per-candidate breakdown of a scored request (AGE-METHOD.md, "Algorithm"):
-//   base     y = f(h | theta)
-//   delta    delta_y (signed for TS, >= 0 for UCB; 0 for policies without uncertainty)
-//   gate     sigma in {0, 1}
-//   explored y_e, the score candidates are ranked by
+// Per-candidate breakdown of a scored request (METHOD.md, "One request, step by step"):
+//   base     y = f(h | theta)                                                     (M1)
+//   delta    delta_y (signed for TS (M10), >= 0 for UCB (M11); 0 without uncertainty)
+//   gate     sigma in {0, 1}                                                      (M16)
+//   explored y_e, the score candidates are ranked by                             (M17)
 // plus the ranking (candidate indices, best first; ties keep the lower index first).
 struct ScoredRequest {
   RowVector base;

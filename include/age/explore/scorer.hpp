@@ -1,9 +1,10 @@
-// The AGE scorer: exploration-adjusted scores for one request (AGE-METHOD.md, "Algorithm"):
-//   1. y = f(h | theta)                 base pCTR of every candidate
-//   2. delta_y                          Uncertainty policy (MC-Dropout TS by default)
-//   3. sigma                            Gate policy (Dynamic Gating Unit by default)
-//   4. dh, y_e = f(h + sigma * dh)      Perturbation policy (PGD by default), only for the
-//                                       candidates whose gate is open
+// The AGE scorer: exploration-adjusted scores for one request (METHOD.md, "One request,
+// step by step"):
+//   1. y = f(h | theta)                 base pCTR of every candidate (M1)
+//   2. delta_y                          Uncertainty policy (MC-Dropout TS (M10) by default)
+//   3. sigma                            Gate policy (Dynamic Gating Unit (M16) by default)
+//   4. dh, y_e = f(h + sigma * dh)      (M17); Perturbation policy (PGD (M13) by default),
+//                                       only for the candidates whose gate is open
 // Candidates are ranked by y_e; no bonus term is added. A closed gate gives EXACTLY y.
 //
 // AgeScorer<Model, Uncertainty, Perturbation, Gate, Engine> composes the seams; each one is

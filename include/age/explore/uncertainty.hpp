@@ -1,5 +1,5 @@
-// Uncertainty policies: the delta_y of every candidate of a request (AGE-METHOD.md,
-// "Uncertainty delta_y by MC-Dropout"), and the ablation that replaces it by noise.
+// Uncertainty policies: the delta_y of every candidate of a request ((M10), (M11),
+// METHOD.md "MC-Dropout uncertainty"), and the ablation that replaces it by noise.
 //
 // An Uncertainty policy U is written once against the evaluation engine
 // (age/explore/engine.hpp), which runs on the model's request passes where it has them and
@@ -62,7 +62,7 @@ inline void check_positive_samples(std::size_t samples) {
 }
 }  // namespace detail
 
-// Thompson sampling by MC-Dropout: ONE dropout mask on theta, and the signed difference
+// Thompson sampling by MC-Dropout: ONE dropout mask on theta, and the signed difference (M10)
 //   delta_y = f(h | theta (.) M) - f(h | theta)
 // By default the mask is shared by all candidates of the request (one posterior draw, the
 // sample Thompson sampling ranks by); per_candidate_masks draws one mask per candidate.
@@ -98,7 +98,7 @@ struct McDropoutTs {
 };
 
 // UCB by MC-Dropout: mean squared deviation of N mask samples around the NO-dropout
-// prediction (not around the sample mean):
+// prediction (not around the sample mean), (M11):
 //   delta_y = (1/N) sum_i (f(h | theta (.) M_i) - f(h | theta))^2,   N = 20
 // `sqrt` takes its square root (the paper says "variance"; whether a root is taken is
 // open, the default is the variance itself).

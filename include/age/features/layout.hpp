@@ -1,8 +1,8 @@
 // The feature layout: which fields a model reads, on which side (user or item) each one
 // sits, and how wide its slice of the input embedding h = [user | item] is.
 //
-// AGE perturbs the ITEM part of h by default (AGE-METHOD.md, "Which part of h is
-// perturbed"), so the layout keeps the two sides apart: all user fields, in declaration
+// AGE perturbs the ITEM part of h by default (METHOD.md, "Open choices and the library's
+// defaults"), so the layout keeps the two sides apart: all user fields, in declaration
 // order, form the user vector; all item fields form the item vector.
 #pragma once
 

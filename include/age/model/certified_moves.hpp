@@ -1,5 +1,6 @@
-// Certified linear moves. A ReLU network is linear between two points where no hidden
-// unit changes sign, so for a move dh of the item part that provably flips no unit,
+// Certified linear moves ((M27), METHOD.md "How the library evaluates the formulas"). A
+// ReLU network is linear between two points where no hidden unit changes sign, so for a
+// move dh of the item part that provably flips no unit,
 //   logit(h + dh) = logit(h) + d logit/d items . dh        (exactly, up to float rounding)
 // and the moved pass (two matrix products per candidate) can be skipped; PGD's gradient at
 // h + dh is then the one at h, and FGM's move along the normalised gradient scores

@@ -1,5 +1,5 @@
 // MC-Dropout masks on the tower's hidden units -- the network theta, never the embeddings
-// (AGE-METHOD.md, "Uncertainty delta_y by MC-Dropout"). Inverted scaling: a kept unit is
+// ((M9), METHOD.md "MC-Dropout uncertainty"). Inverted scaling: a kept unit is
 // multiplied by 1 / (1 - p), so the expected activation equals the no-dropout one.
 #pragma once
 

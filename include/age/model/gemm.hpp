@@ -20,8 +20,8 @@
 // code serves SSE2, AVX2 and AVX-512 builds; no alignment is assumed.
 //
 // Products with A transposed (the input gradient) run on the same kernel with transposed
-// copies of the weights, which Tower::commit_weights() keeps: A^T's rows are A's columns,
-// which this form cannot read in place.
+// copies of the weights, which the tower rebuilds when a Tower::Edit ends (tower_tables.hpp):
+// A^T's rows are A's columns, which this form cannot read in place.
 #pragma once
 
 #include <cassert>

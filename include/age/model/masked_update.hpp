@@ -1,5 +1,6 @@
-// The MC-Dropout rank update of a request's masked passes (the Uncertainty step of the
-// method: delta_y from f(h | theta (.) M) with dropout masks M on the hidden units), and
+// The MC-Dropout rank update (M26) of a request's masked passes (the Uncertainty step of
+// the method: delta_y from f(h | theta (.) M), (M10) and (M11), with dropout masks M on the
+// hidden units), and
 // the output logits read from the top hidden layer's product panel by panel.
 //
 // A dropout mask acts on the hidden units, so the first layer's pre-activation is the

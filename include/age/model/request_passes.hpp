@@ -7,8 +7,9 @@
 //     (age/model/masked_update.hpp);
 //   - the input gradient walks down from the cached pre-activations (no forward), its top
 //     product by table lookups (age/model/sign_table.hpp);
-//   - a move of the item part changes layer 0 by W_item dh only: pre0(h + dh) = pre0(h) +
-//     W_item dh (also more precise than recomputing W_item (items + dh) when dh is tiny);
+//   - a move of the item part changes layer 0 by W_item dh only (M25): pre0(h + dh) =
+//     pre0(h) + W_item dh (also more precise than recomputing W_item (items + dh) when dh
+//     is tiny);
 //   - a move too short to flip any hidden unit needs no pass at all
 //     (age/model/certified_moves.hpp).
 // Scores equal the plain passes' up to float rounding. What a workspace holds between the

@@ -1,5 +1,5 @@
-// The model's probability y = sigmoid(z) = 1 / (1 + exp(-z)), one implementation for a
-// single value and for a whole request.
+// The model's probability y = sigmoid(z) = 1 / (1 + exp(-z)) of (M1), METHOD.md, one
+// implementation for a single value and for a whole request.
 //
 // A request of N candidates takes ~3.5 N sigmoids (the base score, the MC-Dropout sample,
 // the DGU's average CTR, the explored score): with std::exp they were ~3 ns each, ~10 ns

@@ -1,5 +1,5 @@
-// The layers of a tower f(h | theta) (age/model/tower.hpp) as every pass reads them: the
-// shape and the parameters, with the first layer split as W0 = [W_user | W_item] so that
+// The layers of a tower f(h | theta) ((M1); age/model/tower.hpp) as every pass reads them: the
+// shape and the parameters, with the first layer split as W0 = [W_user | W_item] (M25) so that
 // a request computes W_user * user once for all its candidates and the gradient with
 // respect to the item part alone is W_item^T times the layer's upstream gradient.
 //

@@ -1,6 +1,7 @@
 // The synthetic news-recommendation world of the offline study: a generated stand-in for
-// Yahoo! R6B (which is not redistributable), with every parameter fixed by the study's
-// specification, not tuned. Needs zlib (through age/sim/r6b.hpp, for write_log()).
+// Yahoo! R6B (which is not redistributable), with every parameter fixed in advance (the
+// README's offline study describes them), not tuned. Needs zlib (through age/sim/r6b.hpp,
+// for write_log()).
 //
 // Given an environment seed and a number of visits V:
 //   - visit v has timestamp 1317513291 + floor(v * 15 * 86400 / V);

@@ -5,7 +5,7 @@
 // find_package(ZLIB) and target_link_libraries(... ZLIB::ZLIB); Debian: zlib1g-dev). It is
 // therefore not part of the umbrella header age/age.hpp.
 //
-// Line format (AGE-METHOD.md, "Offline experiment"):
+// Line format (METHOD.md, "Offline replay protocol"):
 //   <timestamp> <displayed id> <click> |user <feature ids> |<cand id> |<cand id> ...
 //   1317513292 id-552077 0 |user 1 7 11 37 13 |id-552077 |id-555224 |id-555528
 // Article ids are "id-" followed by decimal digits and are kept as that number; user

@@ -3,8 +3,9 @@
 // Replay (Li, Chu, Langford, Wang, WSDM 2011): a log whose displayed article was chosen
 // uniformly at random is read in time order. The first `warmup` lines (80,000) warm-start
 // the agent. On every later line the agent scores the logged candidates; when its pick is
-// the displayed article the event is ACCEPTED: its click counts and it joins the agent's
-// training stream; otherwise the line is skipped. Reported: clicks, accepted events, CTR.
+// the displayed article the event is ACCEPTED ((M23), METHOD.md "Offline replay
+// protocol"): its click counts and it joins the agent's training stream; otherwise the
+// line is skipped. Reported: clicks, accepted events, CTR.
 // Works on any event source with `bool next(R6bEvent&)`, e.g. R6bReader on a real R6B file
 // or on a log the synthetic environment wrote.
 //

@@ -1,5 +1,5 @@
-// Binary cross-entropy on logits (the CTR training loss) and AUC (the metric CTR models
-// are compared by).
+// Binary cross-entropy on logits (the CTR training loss, (M2) in METHOD.md) and AUC (the
+// metric CTR models are compared by).
 #pragma once
 
 #include <algorithm>

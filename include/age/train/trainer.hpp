@@ -114,9 +114,9 @@ inline double loss_and_gradients(const EmbeddingCtrModel& model, std::span<const
 
 // Settings of an OnlineTrainer besides the optimizer.
 struct TrainerOptions {
-  // Dropout rate p on the main tower's hidden units during training; 0.01 as in
-  // AGE-METHOD.md, so that the MC-Dropout uncertainty at scoring time samples the same
-  // posterior the model was trained under.
+  // Dropout rate p on the main tower's hidden units during training; 0.01 as in (M9),
+  // METHOD.md "MC-Dropout uncertainty", so that the MC-Dropout uncertainty at scoring
+  // time samples the same posterior the model was trained under.
   double dropout = 0.01;
   // Dropout rate of the attached item tower. Its output is a point estimate (the item's
   // average CTR), not an uncertainty, so none by default.
@@ -162,13 +162,14 @@ class OnlineTrainer {
   OnlineTrainer(OnlineTrainer&&) noexcept = default;
   OnlineTrainer& operator=(OnlineTrainer&&) noexcept = default;
 
-  // Trains `item_tower` jointly from now on: the Dynamic Gating Unit of AGE-METHOD.md, a
+  // Trains `item_tower` jointly from now on: the Dynamic Gating Unit ((M15), METHOD.md), a
   // Tower(0, item_dim, {hidden}) on the ITEM embeddings predicting the item's average CTR.
   // Every step then also minimises BCE(f_dgu(sg(h_item)), y) on the same samples, with its
   // own optimizer state (settings: `optimizer`, by default the main model's). The
   // stop-gradient sg() means its loss updates only the item tower's weights, never the
   // shared embedding tables: the main model trains exactly as it would without it.
-  // The total loss of a step is BCE(main) + BCE(item tower), as in AGE-METHOD.md.
+  // The total loss of a step is BCE(main) + BCE(item tower), as in (M18), METHOD.md
+  // "Dynamic Gating Unit".
   void attach_item_tower(Tower& item_tower) { attach_item_tower(item_tower, tower_opt_.optimizer()); }
   void attach_item_tower(Tower& item_tower, Opt optimizer) {
     detail::require_dim("item tower: user_dim (it reads item embeddings only)", 0, item_tower.user_dim());

@@ -1,5 +1,5 @@
-// Pieces shared by the baseline exploration policies (AGE-METHOD.md, "Baseline
-// definitions"): configuration checks and the base prediction every baseline reports.
+// Pieces shared by the baseline exploration policies (METHOD.md, "Baselines"):
+// configuration checks and the base prediction every baseline reports.
 #pragma once
 
 #include <cmath>

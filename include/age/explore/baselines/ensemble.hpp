@@ -1,4 +1,4 @@
-// Ensemble baselines of the paper's Table 1 (AGE-METHOD.md, "Baseline definitions"):
+// Ensemble baselines of the paper's Table 1 ((M20), (M21), METHOD.md "Baselines"):
 // M models of the same architecture, trained elsewhere (e.g. from different seeds or
 // bootstrap streams); Ensemble-TS serves one member at random per request, Ensemble-UCB
 // ranks by the members' mean plus a multiple of their spread.
@@ -80,7 +80,7 @@ class EnsembleMembers {
 
 }  // namespace detail::baseline
 
-// Ensemble Thompson sampling: each request is served by one member drawn uniformly from
+// Ensemble Thompson sampling (M20): each request is served by one member drawn uniformly from
 // the M (Rng(seed, request id)), a draw from the ensemble's approximate posterior.
 //   base     = the members' mean probability (the ensemble's point estimate)
 //   explored = the drawn member's probability
@@ -133,7 +133,7 @@ struct EnsembleUcbConfig {
   EnsembleSpread spread = EnsembleSpread::variance;  // paper's form
 };
 
-// Ensemble UCB. With p_m the probability of member m (m = 1..M) for a candidate:
+// Ensemble UCB (M21). With p_m the probability of member m (m = 1..M) for a candidate:
 //   mu  = (1/M) sum_m p_m
 //   var = (1/M) sum_m (p_m - mu)^2          (population variance, around the mean)
 //   s   = var (default) or sqrt(var) (EnsembleSpread::std_dev)

@@ -1,5 +1,5 @@
-// Gradient-TS and Gradient-UCB of the paper's Table 1 (AGE-METHOD.md, "Baseline
-// definitions"): NeuralTS / NeuralUCB in their diagonal form, with the uncertainty of a
+// Gradient-TS and Gradient-UCB of the paper's Table 1 ((M22), METHOD.md "Baselines"):
+// NeuralTS / NeuralUCB in their diagonal form, with the uncertainty of a
 // candidate measured by the gradient g of the model output with respect to the NETWORK
 // WEIGHTS (every weight and bias of the tower; not the embeddings):
 //
@@ -7,7 +7,7 @@
 //   U_k     = lambda + sum over shown candidates of g_k^2  (observe())
 //
 // This is NeuralTS's posterior variance lambda * nu^2 * g^T U^-1 g / m with U kept diagonal
-// and the width factor 1/m folded into nu. AGE-METHOD.md writes lambda * nu * sum(g^2/U);
+// and the width factor 1/m folded into nu. The form is also written lambda * nu * sum(g^2/U);
 // with nu squared here, nu is the scale of sigma itself (NeuralTS's nu, NeuralUCB's gamma).
 // Before any observation U = lambda, so sigma = nu * ||g||_2: the "L2 norm of the gradient"
 // of the paper's baseline.

@@ -81,7 +81,7 @@ struct EpsilonGreedyConfig {
   std::uint64_t seed = 0;  // with the request id, seeds the request's draws
 };
 
-// Epsilon-greedy: with probability epsilon the request explores and its top pick is a
+// Epsilon-greedy (M19): with probability epsilon the request explores and its top pick is a
 // candidate drawn uniformly from all N (the greedy one included); otherwise it is greedy.
 // The rest of the ranking stays greedy. The breakdown reports
 //   base = f(h | theta);
