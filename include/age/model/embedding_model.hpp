@@ -13,6 +13,7 @@
 #include "age/core/types.hpp"
 #include "age/features/embedding.hpp"
 #include "age/features/layout.hpp"
+#include "age/model/sigmoid.hpp"
 #include "age/model/tower.hpp"
 
 namespace age {

@@ -13,6 +13,11 @@
 // Changing weights: `{ Tower::Edit e = tower.edit(); e.weight(0)(i, j) = x; }` -- the
 // derived tables are rebuilt when the last open Edit ends, and every pass refuses to run
 // (InputError) while one is open, so a score never reads tables of other weights.
+//
+// This header declares the passes; their bodies are in age/model/impl/tower.ipp, included
+// below in the default header-only build, or compiled once into age::compiled under
+// AGE_SEPARATE_COMPILATION (age/core/config.hpp), so that a translation unit that scores
+// does not compile the tower's passes again.
 #pragma once
 
 #include <cstddef>
@@ -21,17 +26,20 @@
 #include <utility>
 #include <vector>
 
+#include "age/core/config.hpp"
 #include "age/core/error.hpp"
 #include "age/core/rng.hpp"
 #include "age/core/types.hpp"
 #include "age/model/dropout.hpp"
-#include "age/model/plain_passes.hpp"
-#include "age/model/request_passes.hpp"
 #include "age/model/tower_layers.hpp"
 #include "age/model/tower_tables.hpp"
 #include "age/model/tower_workspace.hpp"
 
 namespace age {
+
+namespace detail {
+class TowerRequestPasses;
+}
 
 // Which of the request passes' shortcuts apply to a tower (Tower::request_paths()), so
 // that none of them is a silent property of its shape.
@@ -90,16 +98,10 @@ class Tower {
   };
 
   Tower() = default;
-  Tower(std::size_t user_dim, std::size_t item_dim, std::vector<std::size_t> hidden)
-      : layers_(user_dim, item_dim, std::move(hidden)) {
-    commit();
-  }
+  AGE_DECL Tower(std::size_t user_dim, std::size_t item_dim, std::vector<std::size_t> hidden);
 
   // PyTorch's nn.Linear default: W and b uniform in +-1/sqrt(fan_in).
-  void initialize(Rng& rng) {
-    Edit e = edit();
-    layers_.initialize(rng);
-  }
+  AGE_DECL void initialize(Rng& rng);
 
   Edit edit() noexcept { return Edit(*this); }
   // Whether an Edit is open (the passes refuse to run then).
@@ -135,67 +137,38 @@ class Tower {
   // --- Plain passes (age/model/plain_passes.hpp) -------------------------------------
   // Forward pass: `user` user_dim x 1 (shared) or x N, `items` item_dim x N, `mask`
   // optional (1 or N columns). Logits land in ws.logits().
-  void forward(ConstMatrixRef user, ConstMatrixRef items, const DropoutMask* mask, TowerWorkspace& ws) const {
-    require_committed("forward");
-    detail::forward(layers_, user, items, mask, ws);
-  }
+  AGE_DECL void forward(ConstMatrixRef user, ConstMatrixRef items, const DropoutMask* mask, TowerWorkspace& ws) const;
   // Backward pass from d(objective)/d(logit) of the last forward on ws; outputs may be
   // null; parameter gradients are summed over the batch.
-  void backward(const Eigen::Ref<const RowVector>& d_logit, ConstMatrixRef user, ConstMatrixRef items,
-                TowerWorkspace& ws, TowerGradients* params, Matrix* d_user, Matrix* d_items) const {
-    require_committed("backward");
-    detail::backward(layers_, tables_, d_logit, user, items, ws, params, d_user, d_items);
-  }
+  AGE_DECL void backward(const Eigen::Ref<const RowVector>& d_logit, ConstMatrixRef user, ConstMatrixRef items,
+                         TowerWorkspace& ws, TowerGradients* params, Matrix* d_user, Matrix* d_items) const;
   // Logits of every candidate, written into `out` (N).
-  void logits(ConstMatrixRef user, ConstMatrixRef items, const DropoutMask* mask, TowerWorkspace& ws,
-              Eigen::Ref<RowVector> out) const {
-    forward(user, items, mask, ws);
-    detail::require_dim("logits output length", static_cast<std::size_t>(items.cols()),
-                        static_cast<std::size_t>(out.size()));
-    out = ws.logits();
-  }
+  AGE_DECL void logits(ConstMatrixRef user, ConstMatrixRef items, const DropoutMask* mask, TowerWorkspace& ws,
+                       Eigen::Ref<RowVector> out) const;
   // y = sigmoid(logit) and dy/d(items) (item_dim x N), optionally dy/d(user) (user_dim x N).
-  void probability_gradient(ConstMatrixRef user, ConstMatrixRef items, const DropoutMask* mask, TowerWorkspace& ws,
-                            Eigen::Ref<RowVector> prob, Matrix* d_items, Matrix* d_user = nullptr) const {
-    require_committed("probability_gradient");
-    detail::probability_gradient(layers_, tables_, user, items, mask, ws, prob, d_items, d_user);
-  }
+  AGE_DECL void probability_gradient(ConstMatrixRef user, ConstMatrixRef items, const DropoutMask* mask,
+                                     TowerWorkspace& ws, Eigen::Ref<RowVector> prob, Matrix* d_items,
+                                     Matrix* d_user = nullptr) const;
 
   // --- Request passes (age/model/request_passes.hpp; RequestPassModel) ---------------
   // Every request_* pass reads the request that begin_request() cached in `ws` (an
   // InputError if there is none) and works on its k = request_size() candidates.
-  void begin_request(ConstMatrixRef user, ConstMatrixRef items, TowerWorkspace& ws, Eigen::Ref<RowVector> out) const {
-    passes("begin_request").begin(user, items, ws, out);
-  }
-  void begin_request(ConstMatrixRef user, ConstMatrixRef items, TowerWorkspace& ws, Eigen::Ref<RowVector> out,
-                     const DropoutMask* mask, Eigen::Ref<RowVector> masked_out) const {
-    passes("begin_request").begin(user, items, ws, out, mask, masked_out);
-  }
-  Index request_size(const TowerWorkspace& ws) const { return passes("request_size").size(ws); }
-  void request_select(std::span<const Index> keep, TowerWorkspace& ws) const {
-    passes("request_select").select(keep, ws);
-  }
-  void request_logits(const DropoutMask* mask, TowerWorkspace& ws, Eigen::Ref<RowVector> out) const {
-    passes("request_logits").logits(mask, ws, out);
-  }
-  void request_item_gradient(Eigen::Ref<const RowVector> d_logit, TowerWorkspace& ws, Eigen::Ref<Matrix> d_items) const {
-    passes("request_item_gradient").item_gradient(d_logit, ws, d_items);
-  }
-  void request_moved_logits(ConstMatrixRef d_items, TowerWorkspace& ws, Eigen::Ref<RowVector> out) const {
-    passes("request_moved_logits").moved_logits(d_items, ws, out);
-  }
-  bool request_normalized_move_logits(Eigen::Ref<const RowVector> d_logit, Eigen::Ref<const RowVector> length,
-                                      TowerWorkspace& ws, Eigen::Ref<RowVector> out) const {
-    return passes("request_normalized_move_logits").normalized_move_logits(d_logit, length, ws, out);
-  }
-  void request_moved_item_gradient(Eigen::Ref<const RowVector> d_logit, TowerWorkspace& ws,
-                                   Eigen::Ref<Matrix> d_items) const {
-    passes("request_moved_item_gradient").moved_item_gradient(d_logit, ws, d_items);
-  }
+  AGE_DECL void begin_request(ConstMatrixRef user, ConstMatrixRef items, TowerWorkspace& ws,
+                              Eigen::Ref<RowVector> out) const;
+  AGE_DECL void begin_request(ConstMatrixRef user, ConstMatrixRef items, TowerWorkspace& ws, Eigen::Ref<RowVector> out,
+                              const DropoutMask* mask, Eigen::Ref<RowVector> masked_out) const;
+  AGE_DECL Index request_size(const TowerWorkspace& ws) const;
+  AGE_DECL void request_select(std::span<const Index> keep, TowerWorkspace& ws) const;
+  AGE_DECL void request_logits(const DropoutMask* mask, TowerWorkspace& ws, Eigen::Ref<RowVector> out) const;
+  AGE_DECL void request_item_gradient(Eigen::Ref<const RowVector> d_logit, TowerWorkspace& ws,
+                                      Eigen::Ref<Matrix> d_items) const;
+  AGE_DECL void request_moved_logits(ConstMatrixRef d_items, TowerWorkspace& ws, Eigen::Ref<RowVector> out) const;
+  AGE_DECL bool request_normalized_move_logits(Eigen::Ref<const RowVector> d_logit, Eigen::Ref<const RowVector> length,
+                                               TowerWorkspace& ws, Eigen::Ref<RowVector> out) const;
+  AGE_DECL void request_moved_item_gradient(Eigen::Ref<const RowVector> d_logit, TowerWorkspace& ws,
+                                            Eigen::Ref<Matrix> d_items) const;
   // The certified radius of each of the request's candidates (age/model/certified_moves.hpp).
-  void request_linear_radius(TowerWorkspace& ws, Eigen::Ref<RowVector> out) const {
-    passes("request_linear_radius").linear_radius(ws, out);
-  }
+  AGE_DECL void request_linear_radius(TowerWorkspace& ws, Eigen::Ref<RowVector> out) const;
 
   // --- Options (set before sharing the tower) -------------------------------------------
   // Certified linear moves (age/model/certified_moves.hpp). On by default; off reproduces
@@ -207,45 +180,17 @@ class Tower {
   // Adam step on a 32-256-64-1 tower took 34 instead of 31 us with AVX-512 and 63 instead
   // of 46 us with SSE2 only, so a training loop that computes no input gradients can turn
   // the table off.
-  void set_gradient_tables(bool on) {
-    gradient_tables_ = on;
-    tables_.build_sign_table(layers_, on);
-  }
+  AGE_DECL void set_gradient_tables(bool on);
   bool gradient_tables() const noexcept { return gradient_tables_; }
   std::size_t gradient_table_bytes() const noexcept { return tables_.sign_table_bytes(); }
 
-  TowerRequestPaths request_paths() const noexcept {
-    TowerRequestPaths p;
-    p.first_pass_without_relu = layers_.all_hidden_on_kernel();
-    p.two_layer_masked_logits = p.first_pass_without_relu && layers_.hidden.size() == 2;
-    p.gradient_table = !tables_.sign_table.empty();
-    p.certified_moves = linear_moves_;
-    return p;
-  }
+  AGE_DECL TowerRequestPaths request_paths() const noexcept;
 
  private:
-  void commit() { tables_.build(layers_, gradient_tables_); }
-  void close_edit() noexcept {
-    if (open_edits_ > 1) {
-      --open_edits_;
-      return;
-    }
-    // A failed rebuild (out of memory) leaves the edit open: the passes keep refusing.
-    try {
-      commit();
-      open_edits_ = 0;
-    } catch (...) {
-    }
-  }
-  void require_committed(const char* pass) const {
-    if (open_edits_ != 0)
-      throw InputError(std::string("tower ") + pass + ": expected no open Tower::Edit, got " +
-                       std::to_string(open_edits_) + " (its derived tables are rebuilt when it ends)");
-  }
-  detail::TowerRequestPasses passes(const char* pass) const {
-    require_committed(pass);
-    return detail::TowerRequestPasses(layers_, tables_, linear_moves_);
-  }
+  AGE_DECL void commit();
+  AGE_DECL void close_edit() noexcept;
+  AGE_DECL void require_committed(const char* pass) const;
+  AGE_DECL detail::TowerRequestPasses passes(const char* pass) const;
 
   detail::TowerLayers layers_;
   detail::TowerTables tables_;
@@ -255,3 +200,7 @@ class Tower {
 };
 
 }  // namespace age
+
+#if !defined(AGE_SEPARATE_COMPILATION)
+#include "age/model/impl/tower.ipp"
+#endif

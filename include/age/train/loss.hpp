@@ -11,7 +11,7 @@
 
 #include "age/core/error.hpp"
 #include "age/core/types.hpp"
-#include "age/model/tower.hpp"
+#include "age/model/sigmoid.hpp"
 
 namespace age {
 

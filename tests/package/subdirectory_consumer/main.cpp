@@ -7,6 +7,7 @@
 #include <age/core/rng.hpp>
 #include <age/core/types.hpp>
 #include <age/model/dropout.hpp>
+#include <age/model/sigmoid.hpp>
 #include <age/model/tower.hpp>
 
 namespace {
