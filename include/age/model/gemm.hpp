@@ -189,9 +189,11 @@ inline void block(long k_size, const float* a, long lda, const float* x, long ld
 }
 
 // All M rows of NC columns: blocks of kRowVectors vectors, then pairs and single vectors,
-// then the rows left over one at a time.
+// then the rows left over one at a time. Never inlined: its register allocation is the
+// one the blocks were tuned for (inlined into a caller with more live values, GCC 12 kept
+// the accumulators on the stack and a greedy request of 1000 candidates took ~30% longer).
 template <int NC, bool ReluX>
-inline void columns(long m, long k_size, const float* a, long lda, const float* x, long ldx, float* y, long ldy,
+AGE_NOINLINE void columns(long m, long k_size, const float* a, long lda, const float* x, long ldx, float* y, long ldy,
                     Start start, const Finish& finish) noexcept {
   long i = 0;
   for (; i + kRowVectors * kWidth <= m; i += kRowVectors * kWidth)
