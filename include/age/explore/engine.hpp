@@ -23,6 +23,8 @@
 //   begin(request, base_logits)                      z at h, no dropout (N)
 //   begin(request, base_logits, mask, masked_logits) the same and z under one dropout mask
 //   size(), item_dim(), user_dim()
+//   request()                                        the request begin() started (its
+//                                                    impressions, id; all N candidates)
 //   masked_logits(mask, out)                         z under a dropout mask (1 or k columns)
 //   select(keep)                                     keep the candidates at positions `keep`
 //                                                    (strictly increasing, relative to now)
@@ -77,6 +79,7 @@ concept EvaluationEngine =
       { e.size() } -> std::convertible_to<Index>;
       { e.item_dim() } -> std::convertible_to<Index>;
       { e.user_dim() } -> std::convertible_to<Index>;
+      { e.request() } -> std::same_as<const Request&>;
       e.masked_logits(mask, out);
       e.select(keep);
       e.gradient(in, g, g_user);
@@ -112,6 +115,7 @@ class PlainEngine {
   Index item_dim() const noexcept { return static_cast<Index>(model_->item_dim()); }
   Index user_dim() const noexcept { return static_cast<Index>(model_->user_dim()); }
   Index size() const noexcept { return size_; }
+  const Request& request() const noexcept { return *request_; }
 
   void begin(const Request& request, Eigen::Ref<RowVector> base_logits) {
     request_ = &request;
@@ -245,14 +249,17 @@ class RequestPassEngine {
   Index item_dim() const noexcept { return static_cast<Index>(model_->item_dim()); }
   Index user_dim() const noexcept { return static_cast<Index>(model_->user_dim()); }
   Index size() const { return model_->request_size(ws_->model); }
+  const Request& request() const noexcept { return *request_; }
 
   void begin(const Request& request, Eigen::Ref<RowVector> base_logits) {
+    request_ = &request;
     model_->begin_request(request.user, request.items, ws_->model, base_logits);
     reserve(request.size());
   }
   void begin(const Request& request, Eigen::Ref<RowVector> base_logits, const Mask& mask,
              Eigen::Ref<RowVector> masked_logits) {
     if constexpr (masked_first_pass) {
+      request_ = &request;
       model_->begin_request(request.user, request.items, ws_->model, base_logits, &mask, masked_logits);
       reserve(request.size());
     } else {
@@ -327,6 +334,7 @@ class RequestPassEngine {
 
   const M* model_;
   Workspace* ws_;
+  const Request* request_ = nullptr;
 };
 
 namespace detail {

@@ -321,4 +321,30 @@ struct NoPerturbation {
   }
 };
 
+// Control for the pseudo-exploration move (METHOD.md, "Extensions beyond the paper"): an
+// additive score bonus of the same form and no move at all,
+//   y_e = y + scale * delta_y
+// With a count-aware delta_y (ImpressionScaled) this is a classic count bonus: it isolates
+// what AGE's move adds beyond "explore what has been seen little". y_e is a score, not a
+// probability (it may leave [0, 1]).
+struct AdditiveBonus {
+  double scale = 1.0;
+
+  template <class E>
+  struct Workspace {};
+
+  void validate() const {
+    if (!(scale >= 0.0 && std::isfinite(scale)))
+      throw ConfigError("AdditiveBonus.scale: expected a finite value >= 0, got " + std::to_string(scale));
+  }
+
+  template <EvaluationEngine E>
+  void explore(E&, Eigen::Ref<const RowVector> base, Eigen::Ref<const RowVector> delta, Rng&, Workspace<E>&,
+               Eigen::Ref<RowVector> explored) const {
+    detail::require_dim("AdditiveBonus: delta length", static_cast<std::size_t>(base.size()),
+                        static_cast<std::size_t>(delta.size()));
+    explored = base + static_cast<Scalar>(scale) * delta;
+  }
+};
+
 }  // namespace age

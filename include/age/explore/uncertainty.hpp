@@ -24,6 +24,7 @@
 #include <cmath>
 #include <concepts>
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 #include "age/core/error.hpp"
@@ -173,6 +174,73 @@ struct GaussianNoise {
       }
     }
     for (Index i = 0; i < delta.size(); ++i) delta[i] = static_cast<Scalar>(s * rng.normal());
+  }
+};
+
+// --- Extensions beyond the paper (METHOD.md, "Extensions beyond the paper") -------------
+
+// A constant delta_y = value for every candidate: the move's length is lambda' * value
+// (times whatever wraps it, e.g. ImpressionScaled), with no MC-Dropout sample at all. For
+// a model without dropout masks, and for the count-aware variants whose length should not
+// depend on dropout noise.
+struct ConstantDelta {
+  double value = 1.0;
+
+  template <class E>
+  struct Workspace {};
+
+  void validate() const {
+    if (!std::isfinite(value)) throw ConfigError("ConstantDelta.value: expected a finite value, got " + std::to_string(value));
+  }
+
+  template <EvaluationEngine E>
+  void compute(E&, Eigen::Ref<const RowVector>, Rng&, Workspace<E>&, Eigen::Ref<RowVector> delta) const {
+    delta.setConstant(static_cast<Scalar>(value));
+  }
+};
+
+// Count-aware uncertainty: the inner policy's delta_y, shrunk by how often the candidate
+// has been shown already,
+//   delta_n = delta^inner_n * (1 + c_n / half_count)^(-power)      c_n = request.impressions[n]
+// so that the pseudo-exploration step (M12) is long for an item the model has barely seen
+// and short for one it knows: the move then behaves like the real training step on the
+// item, whose effect on the model shrinks as evidence accumulates (a running mean of c
+// samples moves by ~1/c per sample, its standard error by ~1/sqrt(c): power = 0.5). MC-
+// Dropout alone does not know this: its delta_y barely depends on an item's impressions.
+// Needs Request::impressions (one count per candidate), else an InputError names it.
+template <class Inner>
+struct ImpressionScaled {
+  Inner inner{};
+  double half_count = 1.0;  // c at which the factor is 2^-power
+  double power = 0.5;
+
+  template <class E>
+  using Workspace = typename Inner::template Workspace<E>;
+
+  void validate() const {
+    inner.validate();
+    if (!(half_count > 0.0 && std::isfinite(half_count)))
+      throw ConfigError("ImpressionScaled.half_count: expected a finite value > 0, got " + std::to_string(half_count));
+    if (!(power >= 0.0 && std::isfinite(power)))
+      throw ConfigError("ImpressionScaled.power: expected a finite value >= 0, got " + std::to_string(power));
+  }
+
+  // The factor of a candidate shown `count` times.
+  double factor(std::uint64_t count) const noexcept {
+    return std::pow(1.0 + static_cast<double>(count) / half_count, -power);
+  }
+
+  template <EvaluationEngine E>
+    requires UncertaintyPolicy<Inner, E>
+  void compute(E& engine, Eigen::Ref<const RowVector> base, Rng& rng, Workspace<E>& ws,
+               Eigen::Ref<RowVector> delta) const {
+    const auto impressions = engine.request().impressions;
+    if (static_cast<Index>(impressions.size()) != delta.size())
+      throw InputError("ImpressionScaled: request impressions: expected one count per candidate (" +
+                       std::to_string(delta.size()) + "), got " + std::to_string(impressions.size()));
+    inner.compute(engine, base, rng, ws, delta);
+    for (Index i = 0; i < delta.size(); ++i)
+      delta[i] = static_cast<Scalar>(static_cast<double>(delta[i]) * factor(impressions[static_cast<std::size_t>(i)]));
   }
 };
 
