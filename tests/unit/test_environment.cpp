@@ -300,3 +300,26 @@ TEST_CASE("The environment's log is valid R6B and replays its visits", "[environ
   CHECK(reader.skipped() == 0);
   CHECK(clicks > 0);
 }
+
+TEST_CASE("EnvironmentLog yields the lines write_log writes, without the file", "[environment]") {
+  const std::uint64_t V = 2000;
+  Environment env(5, V);
+  const std::string path = temp_path("world-log.txt.gz");
+  env.write_log(path);
+  R6bReader reader(path);
+  EnvironmentLog log(env);
+  R6bEvent from_file, generated;
+  std::uint64_t n = 0;
+  while (reader.next(from_file)) {
+    REQUIRE(log.next(generated));
+    REQUIRE(generated == from_file);
+    ++n;
+  }
+  CHECK(n == V);
+  CHECK_FALSE(log.next(generated));
+  // A prefix of the log.
+  EnvironmentLog head(env, 10);
+  std::uint64_t lines = 0;
+  while (head.next(generated)) ++lines;
+  CHECK(lines == 10);
+}

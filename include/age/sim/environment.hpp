@@ -277,4 +277,28 @@ class Environment {
   std::vector<Article> articles_;
 };
 
+// The world's uniformly random log as an event source for run_replay (age/sim/replay.hpp):
+// the events write_log() writes, generated visit by visit, with no file and in constant
+// memory. `lines` = 0: all V visits.
+class EnvironmentLog {
+ public:
+  explicit EnvironmentLog(const Environment& env, std::uint64_t lines = 0)
+      : env_(&env), lines_(lines == 0 ? env.visits() : std::min(lines, env.visits())) {}
+  // The environment must outlive the log.
+  explicit EnvironmentLog(const Environment&&, std::uint64_t = 0) = delete;
+
+  bool next(R6bEvent& e) {
+    if (next_ >= lines_) return false;
+    env_->visit(next_++, visit_);
+    Environment::to_event(visit_, e);
+    return true;
+  }
+
+ private:
+  const Environment* env_;
+  std::uint64_t lines_;
+  std::uint64_t next_ = 0;
+  Visit visit_;
+};
+
 }  // namespace age::sim
