@@ -1,23 +1,24 @@
 // age-replay: the paper's offline study (METHOD.md, "Offline replay protocol"), rerunnable by
 // anyone. Runs every exploration policy of the library on the synthetic R6B-like world
-// (age/sim/environment.hpp) online or by replay of its uniformly-random log, or by replay
-// of a real Yahoo! R6B file (Webscope licence), and reports cumulative clicks as in the
-// paper's Table 1 (and Tables 2 and 3 with --study ablation / full).
+// (age/sim/environment.hpp), by Li et al. replay of its uniformly random log (default) or
+// online, or by replay of a real Yahoo! R6B file (Webscope licence), and reports cumulative
+// clicks as in the paper's Table 1 (and Tables 2 and 3 with --study ablation / full), each
+// policy against DNN-vanilla on the same seeds with a 95% interval.
 //
-//   age-replay [--mode online|replay] [--log FILE] [--generate-log FILE] [--visits N]
-//              [--seeds K] [--policies a,b,...] [--study core|full|ablation|all] [--threads N]
-//              [--out DIR] [--tune] [--params FILE] [--diagnose] [--quiet]
+//   age-replay [--mode replay|online] [--log FILE] [--generate-log FILE] [--visits N]
+//              [--seeds K] [--policies a,b,...] [--study core|full|ablation|all] [--quick]
+//              [--threads N] [--out DIR] [--tune] [--calibrate] [--params FILE] [--quiet]
 //
 // Writes DIR/results.csv (policy,seed,visits,events,clicks,expected_clicks), DIR/curves.csv,
 // DIR/summary.md and DIR/curves.png (through examples/plot_curves.py and matplotlib).
 // Knobs of each policy come from examples/tuned_params.txt, written by --tune.
 //
 // This file only dispatches to the job the flags name; the others each hold one job:
-//   options.cpp   flags, usage, --study sets, the tuned knobs file
-//   study.cpp     worlds, jobs, agents, threads and progress; the study run
-//   tuning.cpp    --tune
-//   diagnose.cpp  --diagnose
-//   report.cpp    tables, results.csv, curves.csv, summary.md and the plot call
+//   options.cpp    flags, usage, --study sets, the tuned knobs file
+//   study.cpp      worlds, jobs, agents, threads and progress; the study run
+//   tuning.cpp     --tune
+//   calibrate.cpp  --calibrate
+//   report.cpp     tables, results.csv, curves.csv, summary.md and the plot call
 // and the study's learner and policies are model_agent.hpp and policies.hpp.
 #include <chrono>
 #include <cstdio>
@@ -48,17 +49,16 @@ int run(const Options& o) {
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     return 0;
   }
-  if (o.diagnose) {
-    diagnose(o, setup);
-    return 0;
-  }
-
   const std::vector<std::string> names = o.policies.empty() ? study_set(o.study) : o.policies;
-  const std::size_t n_seeds = o.seeds ? o.seeds : default_seeds(o.study);
-  if (o.tune) {
-    tune(o, setup, names, o.seeds ? o.seeds : 2);
+  if (o.calibrate) {
+    calibrate(o, setup, names);
     return 0;
   }
+  if (o.tune) {
+    tune(o, setup, names, o.seeds ? o.seeds : kValidationSeeds);
+    return 0;
+  }
+  const std::size_t n_seeds = o.seeds ? o.seeds : kReportedSeeds;
 
   run_study(o, setup, names, n_seeds);
   return 0;

@@ -18,9 +18,10 @@ namespace study {
 
 namespace {
 
-const std::vector<std::string> kFlags{"--mode", "--log", "--generate-log", "--visits", "--seeds", "--policies",
-                                      "--study", "--threads", "--out", "--tune", "--params", "--diagnose",
-                                      "--quiet", "--seed-base", "--lr", "--batch", "--warm-epochs", "--help"};
+const std::vector<std::string> kFlags{"--mode",  "--log",     "--generate-log", "--visits", "--seeds",
+                                      "--policies", "--study", "--threads", "--out", "--tune", "--params",
+                                      "--calibrate", "--quick", "--quiet", "--seed-base", "--lr", "--batch",
+                                      "--warm-epochs", "--hidden", "--help"};
 
 std::string join(const std::vector<std::string>& v, const std::string& sep = ", ") {
   std::string s;
@@ -47,9 +48,10 @@ std::uint64_t parse_count(const std::string& flag, const std::string& v) {
 }  // namespace
 
 void usage(std::ostream& o) {
-  o << "usage: age-replay [--mode online|replay] [--log FILE] [--generate-log FILE] [--visits N]\n"
-       "                  [--seeds K] [--policies a,b,...] [--study core|full|ablation|all] [--threads N]\n"
-       "                  [--out DIR] [--tune] [--params FILE] [--diagnose] [--quiet]\n"
+  o << "usage: age-replay [--mode replay|online] [--log FILE] [--generate-log FILE] [--visits N]\n"
+       "                  [--seeds K] [--policies a,b,...] [--study core|full|ablation|all] [--quick]\n"
+       "                  [--threads N] [--out DIR] [--tune] [--calibrate] [--params FILE] [--quiet]\n"
+       "                  [--seed-base B] [--lr X] [--batch N] [--warm-epochs N] [--hidden A,B]\n"
        "policies: "
     << policy_names() << "\n";
 }
@@ -97,8 +99,10 @@ Options parse_args(int argc, char** argv) {
       o.params = value();
     } else if (a == "--tune") {
       o.tune = true;
-    } else if (a == "--diagnose") {
-      o.diagnose = true;
+    } else if (a == "--calibrate") {
+      o.calibrate = true;
+    } else if (a == "--quick") {
+      o.quick = true;
     } else if (a == "--quiet") {
       o.quiet = true;
     } else if (a == "--seed-base") {
@@ -116,6 +120,18 @@ Options parse_args(int argc, char** argv) {
       if (o.learning.batch == 0) throw ConfigError("--batch: expected >= 1, got 0");
     } else if (a == "--warm-epochs") {
       o.learning.warm_epochs = parse_count(a, value());
+    } else if (a == "--hidden") {
+      const std::string v = value();
+      std::stringstream ss(v);
+      o.learning.hidden.clear();
+      for (std::string h; std::getline(ss, h, ',');) {
+        const std::uint64_t units = parse_count(a, h);
+        if (units == 0) throw ConfigError("--hidden: expected units >= 1 per layer, got '" + v + "'");
+        o.learning.hidden.push_back(static_cast<std::size_t>(units));
+      }
+      if (o.learning.hidden.size() != 2)
+        throw ConfigError("--hidden: expected two layer widths 'A,B' (the study's tower is 2 hidden layers), got '" +
+                          v + "'");
     } else {
       throw ConfigError("unknown flag '" + a + "': expected one of " + join(kFlags));
     }
@@ -125,18 +141,30 @@ Options parse_args(int argc, char** argv) {
     o.mode = "replay";
   }
   if (o.params.empty()) o.params = std::string(AGE_EXAMPLES_DIR) + "/tuned_params.txt";
+  if (o.quick) {
+    if (o.visits == 0) o.visits = o.mode == "replay" ? kQuickVisits : kOnlineVisits;
+    if (o.seeds == 0) o.seeds = kQuickSeeds;
+  }
+  if (o.visits == 0) o.visits = o.mode == "replay" ? kReplayVisits : kOnlineVisits;
   return o;
 }
 
 std::vector<std::string> study_set(const std::string& study) {
-  if (study == "core") return {"vanilla", "random", "egreedy", "gradient-ts", "age-ts", "age-ucb"};
+  // The headline: no exploration, the strongest baselines, faithful AGE-TS and its noise
+  // floor, and the count-aware AGE-TS with the two controls that isolate its move.
+  if (study == "core")
+    return {"vanilla",         "egreedy",      "gradient-ts",           "age-ts",
+            "age-ts-placebo",  "age-ts-adaptive", "age-ts-adaptive-randdir", "age-ts-adaptive-bonus"};
   if (study == "full")
-    return {"vanilla",     "random",       "egreedy", "ensemble-ts", "ensemble-ucb",
-            "gradient-ts", "gradient-ucb", "age-ts",  "age-ucb",     "age-ts-fgm"};
+    return {"vanilla",          "random",           "egreedy",         "ensemble-ts",
+            "ensemble-ucb",     "gradient-ts",      "gradient-ucb",    "age-ts",
+            "age-ucb",          "age-ts-fgm",       "age-ts-placebo",  "age-ts-permask",
+            "age-ts-capped",    "age-ts-adaptive",  "age-ts-adaptive-randdir", "age-ts-adaptive-bonus",
+            "age-ucb-adaptive", "age-ucb-adaptive-randdir", "age-ucb-adaptive-bonus"};
   const std::vector<std::string> ablation{"vanilla",           "age-ts",           "age-ts-nodelta",
                                           "age-ts-nodir",      "age-ts-nogate",    "age-ts-fixed0.005",
-                                          "age-ts-fixed0.01",  "age-ts-fixed0.02", "age-ucb",
-                                          "age-ucb-nogate"};
+                                          "age-ts-fixed0.01",  "age-ts-fixed0.02", "age-ts-fgm",
+                                          "age-ucb",           "age-ucb-nogate"};
   if (study == "ablation") return ablation;
   // all: the full study and the ablation in one run (shared rows are run once).
   std::vector<std::string> all = study_set("full");
@@ -144,8 +172,6 @@ std::vector<std::string> study_set(const std::string& study) {
     if (std::find(all.begin(), all.end(), p) == all.end()) all.push_back(p);
   return all;
 }
-
-std::size_t default_seeds(const std::string& study) { return study == "core" ? 3 : 5; }
 
 
 std::map<std::string, Knobs> read_params(const std::string& path) {
@@ -167,10 +193,19 @@ std::map<std::string, Knobs> read_params(const std::string& path) {
 }
 
 Knobs knobs_for(const PolicySpec& spec, const std::map<std::string, Knobs>& tuned) {
-  const std::string source = spec.tuned_as.empty() ? spec.name : spec.tuned_as;
-  Knobs k = spec.tuned_as.empty() ? spec.defaults : find_policy(spec.tuned_as).defaults;
-  if (const auto it = tuned.find(source); it != tuned.end())
-    for (const auto& [n, v] : it->second) k[n] = v;
+  Knobs k;
+  auto overlay = [&](const Knobs& extra) {
+    for (const auto& [n, v] : extra) k[n] = v;
+  };
+  auto overlay_tuned = [&](const std::string& name) {
+    if (const auto it = tuned.find(name); it != tuned.end()) overlay(it->second);
+  };
+  if (!spec.tuned_as.empty()) {
+    overlay(find_policy(spec.tuned_as).defaults);
+    overlay_tuned(spec.tuned_as);
+  }
+  overlay(spec.defaults);
+  overlay_tuned(spec.name);
   return k;
 }
 

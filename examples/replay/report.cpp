@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "age/core/error.hpp"
+#include "age/sim/statistics.hpp"
 #include "policies.hpp"
 
 #ifndef AGE_EXAMPLES_DIR
@@ -28,38 +29,82 @@ std::string format_fixed(double v, int decimals) {
   return buf;
 }
 
-std::string percent_change(double value, double reference) {
-  if (!(reference != 0) || !std::isfinite(value) || !std::isfinite(reference)) return "n/a";
-  const double pct = 100.0 * (value - reference) / reference;
-  return (pct >= 0 ? "+" : "") + format_fixed(pct, 1) + "%";
+namespace {
+
+std::string signed_fixed(double v, int decimals) { return (v >= 0 ? "+" : "") + format_fixed(v, decimals); }
+
+// The runs of one policy by seed.
+std::map<std::uint64_t, const RunResult*> by_seed(const std::vector<RunResult>& runs, const std::string& policy) {
+  std::map<std::uint64_t, const RunResult*> m;
+  for (const RunResult& r : runs)
+    if (r.policy == policy) m[r.seed] = &r;
+  return m;
 }
 
-std::string summary_table(const std::vector<PolicySummary>& rows, const std::string& reference,
-                          const std::map<std::string, std::string>& labels) {
-  const PolicySummary* ref = nullptr;
-  for (const auto& r : rows)
-    if (r.policy == reference) ref = &r;
-  const bool online = !rows.empty() && rows.front().online;
-  std::ostringstream t;
-  t << "| policy | clicks (mean +- std) | change vs " << reference;
-  if (online)
-    t << " | expected clicks | change (expected) | regret |\n|---|---|---|---|---|---|\n";
-  else
-    t << " | accepted events | CTR |\n|---|---|---|---|---|\n";
-  for (const auto& r : rows) {
-    const auto label = labels.find(r.policy);
-    t << "| " << (label == labels.end() ? r.policy : label->second) << " | " << format_fixed(r.clicks.mean, 1)
-      << " +- " << format_fixed(r.clicks.std, 1) << " | "
-      << (ref ? (&r == ref ? std::string("-") : percent_change(r.clicks.mean, ref->clicks.mean)) : "n/a") << " | ";
-    if (online) {
-      t << format_fixed(r.expected_clicks.mean, 1) << " +- " << format_fixed(r.expected_clicks.std, 1) << " | "
-        << (ref ? (&r == ref ? std::string("-") : percent_change(r.expected_clicks.mean, ref->expected_clicks.mean))
-                : "n/a")
-        << " | " << format_fixed(r.regret.mean, 1) << " |\n";
-    } else {
-      t << format_fixed(r.events.mean, 1) << " +- " << format_fixed(r.events.std, 1) << " | "
-        << format_fixed(100.0 * r.ctr.mean, 3) << "% |\n";
+double score_of(const RunResult& r, bool expected_clicks) { return expected_clicks ? r.expected_clicks : r.clicks; }
+
+}  // namespace
+
+Comparison compare_runs(const std::vector<RunResult>& runs, const std::string& treatment, const std::string& control,
+                        bool expected_clicks) {
+  Comparison c{treatment, control, {}};
+  const auto t = by_seed(runs, treatment), k = by_seed(runs, control);
+  std::vector<double> a, b;
+  for (const auto& [seed, run] : t)
+    if (const auto it = k.find(seed); it != k.end()) {
+      a.push_back(score_of(*run, expected_clicks));
+      b.push_back(score_of(*it->second, expected_clicks));
     }
+  if (a.size() >= 2) c.diff = age::sim::paired_difference(a, b);
+  return c;
+}
+
+std::string change_text(const Comparison& c) {
+  if (c.diff.n < 2 || !(c.diff.control_mean != 0)) return "n/a";
+  return signed_fixed(c.diff.percent(), 1) + "% [" + signed_fixed(c.diff.percent_low(), 1) + ", " +
+         signed_fixed(c.diff.percent_high(), 1) + "]";
+}
+
+std::string gains_text(const Comparison& c) {
+  if (c.diff.n < 2) return "n/a";
+  return std::to_string(c.diff.gains) + "/" + std::to_string(c.diff.n);
+}
+
+std::string finding_text(const Comparison& c) {
+  if (c.diff.n < 2) return "n/a";
+  if (!c.diff.significant()) return "no";
+  return c.diff.mean > 0 ? "**gain**" : "**loss**";
+}
+
+std::string comparison_table(const std::vector<RunResult>& runs, const std::vector<std::string>& rows,
+                             const std::string& control, const std::map<std::string, std::string>& labels) {
+  const bool online = !runs.empty() && runs.front().online;
+  const auto label_of = [&](const std::string& name) {
+    const auto it = labels.find(name);
+    return it == labels.end() ? name : it->second;
+  };
+  std::ostringstream t;
+  t << "| policy | clicks (mean +- std) | " << (online ? "expected clicks | " : "accepted events | ")
+    << "change vs " << label_of(control) << " [95% CI] | seeds that gain | finding |\n"
+    << "|---|---|---|---|---|---|\n";
+  const auto summary = summarize(runs);
+  for (const std::string& name : rows) {
+    const PolicySummary* s = nullptr;
+    for (const auto& x : summary)
+      if (x.policy == name) s = &x;
+    if (!s) continue;
+    t << "| " << label_of(name) << " | " << format_fixed(s->clicks.mean, 1) << " +- " << format_fixed(s->clicks.std, 1)
+      << " | ";
+    if (online)
+      t << format_fixed(s->expected_clicks.mean, 1);
+    else
+      t << format_fixed(s->events.mean, 0);
+    if (name == control) {
+      t << " | - | - | - |\n";
+      continue;
+    }
+    const Comparison c = compare_runs(runs, name, control, online);
+    t << " | " << change_text(c) << " | " << gains_text(c) << " | " << finding_text(c) << " |\n";
   }
   return t.str();
 }
@@ -109,31 +154,75 @@ void write_report(const Options& o, const StudySetup& setup, const std::vector<s
 
   std::map<std::string, std::string> labels;
   for (const auto& name : names) labels[name] = find_policy(name).label;
-  const auto summary = summarize(results);
+  auto ran = [&](const std::string& name) { return std::find(names.begin(), names.end(), name) != names.end(); };
   std::ostringstream md;
-  md << "Cumulative clicks over "
-     << (setup.online ? "visits " + std::to_string(setup.online_warmup) + ".." + std::to_string(o.visits - 1)
-                      : "the replayed lines after the first " + std::to_string(setup.replay_warmup))
-     << ", mean +- std over " << n_seeds << " seed(s); " << format_duration(secs) << " on " << setup.threads
-     << " thread(s).\n\n";
-  const std::string reference = std::find(names.begin(), names.end(), "vanilla") != names.end() ? "vanilla" : names[0];
-  md << summary_table(summary, reference, labels);
-  if (std::find(names.begin(), names.end(), "age-ts-nodelta") != names.end()) {
-    std::vector<PolicySummary> ts_rows, ucb_rows;
-    for (const auto& s : summary) {
-      if (s.policy.rfind("age-ts", 0) == 0 && s.policy != "age-ts-fgm") ts_rows.push_back(s);
-      if (s.policy.rfind("age-ucb", 0) == 0) ucb_rows.push_back(s);
+  const std::uint64_t warmup = setup.online ? setup.online_warmup : setup.replay_warmup;
+  md << "Cumulative clicks "
+     << (setup.online ? "over visits " + std::to_string(warmup) + ".." + std::to_string(o.visits - 1) + " (online)"
+                      : "over the replayed lines after the first " + std::to_string(warmup) + " of " +
+                            std::to_string(o.visits) + " (replay: only accepted events count)")
+     << "; " << n_seeds << " seed(s) (" << o.seed_base + 1 << ".." << o.seed_base + n_seeds << "), "
+     << format_duration(secs) << " on " << setup.threads << " thread(s). The change is the mean of the per-seed "
+     << "paired differences, in percent of the control's mean, with its 95% Student-t interval; a finding only "
+     << "when the interval excludes 0.\n\n";
+  const std::string reference = ran("vanilla") ? "vanilla" : names[0];
+  md << comparison_table(results, names, reference, labels);
+
+  // The best baseline (highest mean clicks among the policies that do not move the
+  // embeddings, DNN-vanilla excluded): the AGE rows against it too.
+  const auto summary = summarize(results);
+  const std::vector<std::string> baselines{"random",      "egreedy",      "ensemble-ts",
+                                           "ensemble-ucb", "gradient-ts", "gradient-ucb"};
+  std::string best;
+  double best_clicks = -1;
+  for (const auto& s : summary)
+    if (std::find(baselines.begin(), baselines.end(), s.policy) != baselines.end() && s.clicks.mean > best_clicks) {
+      best = s.policy;
+      best_clicks = s.clicks.mean;
     }
-    if (!ts_rows.empty()) md << "\nAblation (Table 2), change vs AGE-TS:\n\n" << summary_table(ts_rows, "age-ts", labels);
-    if (ucb_rows.size() > 1) md << "\nAblation, change vs AGE-UCB:\n\n" << summary_table(ucb_rows, "age-ucb", labels);
+  std::vector<std::string> age_rows{best};
+  for (const char* a : {"age-ts", "age-ucb", "age-ts-adaptive", "age-ucb-adaptive"})
+    if (ran(a)) age_rows.push_back(a);
+  if (!best.empty() && age_rows.size() > 1)
+    md << "\nAGE against the best baseline (" << labels[best] << "):\n\n"
+       << comparison_table(results, age_rows, best, labels);
+
+  // The count-aware variants against the controls that isolate their move.
+  for (const char* a : {"age-ts-adaptive", "age-ucb-adaptive"}) {
+    const std::string variant = a, randdir = variant + "-randdir", bonus = variant + "-bonus";
+    if (!ran(variant) || (!ran(randdir) && !ran(bonus))) continue;
+    std::vector<std::string> rows{randdir, bonus};
+    rows.insert(rows.begin(), variant);
+    std::vector<std::string> present;
+    for (const auto& r : rows)
+      if (ran(r)) present.push_back(r);
+    std::ostringstream vs;
+    for (const std::string& control : {randdir, bonus})
+      if (ran(control)) {
+        const Comparison c = compare_runs(results, variant, control, setup.online);
+        vs << "| " << labels[variant] << " vs " << labels[control] << " | " << change_text(c) << " | "
+           << gains_text(c) << " | " << finding_text(c) << " |\n";
+      }
+    md << "\n" << labels[variant] << " against its controls (paired, same seeds):\n\n"
+       << "| comparison | change [95% CI] | seeds that gain | finding |\n|---|---|---|---|\n"
+       << vs.str();
   }
-  if (std::find(names.begin(), names.end(), "age-ts-fgm") != names.end() &&
-      std::find(names.begin(), names.end(), "age-ts") != names.end()) {
-    std::vector<PolicySummary> rows;
-    for (const auto& s : summary)
-      if (s.policy == "age-ts-fgm" || s.policy == "age-ts") rows.push_back(s);
-    md << "\nFGM vs PGD (Table 3), change vs AGE-TS (FGM):\n\n" << summary_table(rows, "age-ts-fgm", labels);
+
+  // Table 2 (ablation) against AGE-TS, and AGE-UCB without its gate against AGE-UCB.
+  if (ran("age-ts-nodelta") || ran("age-ts-nodir") || ran("age-ts-nogate")) {
+    std::vector<std::string> rows{"age-ts"};
+    for (const char* a : {"age-ts-nodelta", "age-ts-nodir", "age-ts-nogate", "age-ts-fixed0.005", "age-ts-fixed0.01",
+                          "age-ts-fixed0.02", "age-ts-permask", "age-ts-capped"})
+      if (ran(a)) rows.push_back(a);
+    md << "\nAblation (the paper's Table 2), against AGE-TS:\n\n" << comparison_table(results, rows, "age-ts", labels);
+    if (ran("age-ucb") && ran("age-ucb-nogate"))
+      md << "\nAGE-UCB without its DGU, against AGE-UCB:\n\n"
+         << comparison_table(results, {"age-ucb", "age-ucb-nogate"}, "age-ucb", labels);
   }
+  // Table 3: PGD against FGM.
+  if (ran("age-ts-fgm") && ran("age-ts"))
+    md << "\nPGD against FGM (the paper's Table 3), against AGE-TS (FGM):\n\n"
+       << comparison_table(results, {"age-ts-fgm", "age-ts"}, "age-ts-fgm", labels);
   std::printf("\n%s\n", md.str().c_str());
   {
     std::ofstream f = open_output((fs::path(o.out) / "summary.md").string());

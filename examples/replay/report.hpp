@@ -1,8 +1,9 @@
-// The study's report: Markdown summaries with the change (M24) against a reference policy
-// (the layout of the paper's Table 1, METHOD.md "The paper's results"), results.csv (one row
-// per policy and seed), curves.csv
-// (cumulative clicks over visits), summary.md (the tables of the run, also printed) and
-// curves.png (drawn by examples/plot_curves.py when matplotlib is there).
+// The study's report: Markdown tables of every policy against a control on the same seeds
+// (the paired change (M24) with its 95% Student-t interval, age/sim/statistics.hpp; the
+// layout of the paper's Table 1, METHOD.md "The paper's results"), results.csv (one row per
+// policy and seed), curves.csv (cumulative clicks over visits), summary.md (the tables of
+// the run, also printed) and curves.png (drawn by examples/plot_curves.py when matplotlib
+// is there).
 #pragma once
 
 #include <cstddef>
@@ -13,6 +14,7 @@
 
 #include "age/sim/replay.hpp"
 #include "age/sim/results.hpp"
+#include "age/sim/statistics.hpp"
 #include "options.hpp"
 #include "study.hpp"
 
@@ -21,12 +23,26 @@ namespace study {
 // `v` with `decimals` digits after the point.
 std::string format_fixed(double v, int decimals);
 
-// "+12.3%" relative change of `value` against `reference`.
-std::string percent_change(double value, double reference);
+// One policy against a control on the seeds both ran (paired by seed): clicks, or
+// expected clicks online.
+struct Comparison {
+  std::string treatment, control;
+  age::sim::PairedDifference diff;  // n = 0 when fewer than 2 common seeds
+};
+Comparison compare_runs(const std::vector<RunResult>& runs, const std::string& treatment, const std::string& control,
+                        bool expected_clicks);
 
-// A Markdown table: policy | clicks (mean +- std) | change vs `reference` | more columns.
-std::string summary_table(const std::vector<PolicySummary>& rows, const std::string& reference,
-                          const std::map<std::string, std::string>& labels = {});
+// "+4.1% [+1.2, +7.0]" (the paired change and its 95% interval, in percent of the
+// control), "12/20" seeds that gain, and whether the interval excludes 0.
+std::string change_text(const Comparison& c);
+std::string gains_text(const Comparison& c);
+std::string finding_text(const Comparison& c);
+
+// A Markdown table of the policies `rows` (in that order): clicks (mean +- std) over the
+// seeds, the paired change against `control` with its 95% interval, the seeds that gain
+// and the finding; replay adds the accepted events, online the expected clicks.
+std::string comparison_table(const std::vector<RunResult>& runs, const std::vector<std::string>& rows,
+                             const std::string& control, const std::map<std::string, std::string>& labels = {});
 
 // A file for writing, with 10 significant digits; IoError when it cannot be opened.
 std::ofstream open_output(const std::string& path);

@@ -46,19 +46,61 @@ double policy_cost(const PolicySpec& s) {
   return 1;
 }
 
-std::unique_ptr<Agent> make_agent(const StudySetup& s, const Job& job) {
+std::unique_ptr<Agent> make_agent(const StudySetup& s, const Job& job, std::size_t warm_epochs) {
   const std::size_t models = job.spec.ensemble ? s.learning.ensemble_size : 1;
   // The model's initialisation depends on the seed only (a shared warm start); the
   // policy's exploration stream also on its name.
   const std::uint64_t policy_seed = age::detail::mix64(job.seed ^ age::detail::name_salt(job.spec.name));
-  return std::make_unique<ModelAgent>(s.learning, models, job.spec.dgu, job.seed, job.spec.make, job.knobs,
+  LearningSettings learning = s.learning;
+  learning.warm_epochs = warm_epochs;
+  return std::make_unique<ModelAgent>(learning, models, job.spec.dgu, job.seed, job.spec.make, job.knobs,
                                       policy_seed);
+}
+
+std::vector<Impression> warm_start_data(const StudySetup& s, const World& w) {
+  if (s.online) return w.warm;
+  std::vector<Impression> out;
+  R6bEvent e;
+  auto take = [&](auto& source) {
+    while (out.size() < s.replay_warmup && source.next(e)) out.push_back(Impression{e.user, e.displayed, e.click});
+  };
+  if (w.env) {
+    EnvironmentLog log(*w.env);
+    take(log);
+  } else {
+    R6bReader reader(w.log);
+    take(reader);
+  }
+  return out;
+}
+
+std::size_t converged_epochs(const StudySetup& s, std::uint64_t seed, const std::vector<Impression>& warm,
+                             std::vector<double>* held_out_loss) {
+  std::vector<Impression> train, held_out;
+  for (std::size_t i = 0; i < warm.size(); ++i) (i % 10 == 9 ? held_out : train).push_back(warm[i]);
+  LearningSettings learning = s.learning;
+  const Knobs none;
+  ModelAgent agent(learning, 1, true, seed, find_policy("vanilla").make, none, 0);
+  double best = agent.log_loss(held_out);
+  if (held_out_loss) held_out_loss->assign(1, best);
+  constexpr std::size_t kMaxEpochs = 10;
+  std::size_t epochs = 0;
+  while (epochs < kMaxEpochs) {
+    agent.train_epochs(train, 1);
+    ++epochs;
+    const double loss = agent.log_loss(held_out);
+    if (held_out_loss) held_out_loss->push_back(loss);
+    if (!(loss < best * (1.0 - 1e-3))) break;
+    best = loss;
+  }
+  // The epoch that stopped improving is not kept: the agents train one epoch fewer.
+  return std::max<std::size_t>(1, epochs - (epochs < kMaxEpochs ? 1 : 0));
 }
 
 namespace {
 
 RunResult run_job(const StudySetup& s, const Job& job, const World& w, std::atomic<std::uint64_t>& progress) {
-  auto agent = make_agent(s, job);
+  auto agent = make_agent(s, job, w.warm_epochs);
   RunResult r;
   if (s.online) {
     OnlineOptions o;
@@ -67,12 +109,17 @@ RunResult run_job(const StudySetup& s, const Job& job, const World& w, std::atom
     o.progress = &progress;
     r = run_online(*w.env, w.warm, *agent, o);
   } else {
-    R6bReader reader(w.log);
     ReplayOptions o;
     o.warmup = s.replay_warmup;
     o.curve_every = std::max<std::uint64_t>(1, s.visits / 200);
     o.progress = &progress;
-    r = run_replay(reader, *agent, o);
+    if (w.env) {
+      EnvironmentLog log(*w.env);
+      r = run_replay(log, *agent, o);
+    } else {
+      R6bReader reader(w.log);
+      r = run_replay(reader, *agent, o);
+    }
   }
   r.policy = job.group.empty() ? job.spec.name : job.group;
   r.seed = job.seed;
@@ -92,7 +139,7 @@ std::vector<Job> make_jobs(const std::vector<std::string>& names, const std::vec
   return jobs;
 }
 
-std::vector<World> make_worlds(const Options& o, const std::vector<std::uint64_t>& seeds, bool online) {
+std::vector<World> make_worlds(const Options& o, const StudySetup& setup, const std::vector<std::uint64_t>& seeds) {
   std::vector<World> worlds(seeds.size());
   std::vector<std::thread> pool;
   std::atomic<std::size_t> next{0};
@@ -103,29 +150,20 @@ std::vector<World> make_worlds(const Options& o, const std::vector<std::uint64_t
       try {
         World& w = worlds[i];
         w.seed = seeds[i];
-        if (!o.log.empty()) {
+        if (!o.log.empty())
           w.log = o.log;
-          continue;
-        }
-        w.env = std::make_unique<Environment>(seeds[i], o.visits);
-        if (online) {
-          w.warm = online_warm_start(*w.env, online_warmup(o.visits));
-        } else {
-          fs::create_directories(fs::path(o.out) / "logs");
-          w.log = (fs::path(o.out) / "logs" / ("world-" + std::to_string(seeds[i]) + "-" + std::to_string(o.visits) + ".txt.gz")).string();
-          if (!fs::exists(w.log)) {
-            const std::string tmp = w.log + ".partial.gz";
-            w.env->write_log(tmp);
-            fs::rename(tmp, w.log);
-          }
-        }
+        else
+          w.env = std::make_unique<Environment>(seeds[i], o.visits);
+        if (setup.online) w.warm = online_warm_start(*w.env, setup.online_warmup);
+        w.warm_epochs = setup.learning.warm_epochs;
+        if (w.warm_epochs == 0) w.warm_epochs = converged_epochs(setup, w.seed, warm_start_data(setup, w));
       } catch (...) {
         std::lock_guard<std::mutex> lock(m);
         if (!error) error = std::current_exception();
       }
     }
   };
-  const std::size_t n = std::max<std::size_t>(1, std::min<std::size_t>(o.threads ? o.threads : 2, seeds.size()));
+  const std::size_t n = std::max<std::size_t>(1, std::min<std::size_t>(setup.threads, seeds.size()));
   for (std::size_t t = 0; t < n; ++t) pool.emplace_back(worker);
   for (auto& t : pool) t.join();
   if (error) std::rethrow_exception(error);
@@ -223,7 +261,7 @@ void run_study(const Options& o, const StudySetup& setup, const std::vector<std:
   std::fflush(stdout);
 
   const auto t0 = std::chrono::steady_clock::now();
-  const auto worlds = make_worlds(o, seeds, setup.online);
+  const auto worlds = make_worlds(o, setup, seeds);
   auto results = run_jobs(setup, make_jobs(names, seeds, tuned), worlds, work_per_job(o, setup.online), "study");
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   write_report(o, setup, names, n_seeds, secs, std::move(results));

@@ -19,6 +19,10 @@
 
 namespace study {
 
+// Validation seeds (tuning, calibration) are kValidationSeedBase + 1, + 2, ...; the
+// reported seeds start at --seed-base + 1 (default 1): the two never meet.
+inline constexpr std::uint64_t kValidationSeedBase = 1000;
+
 struct Job {
   PolicySpec spec;
   Knobs knobs;
@@ -30,9 +34,10 @@ struct Job {
 
 struct World {
   std::uint64_t seed = 0;
-  std::unique_ptr<Environment> env;        // synthetic worlds
+  std::unique_ptr<Environment> env;        // synthetic worlds (replay: its log, EnvironmentLog)
   std::vector<Impression> warm;            // online warm start
-  std::string log;                         // replay: file to read
+  std::string log;                         // replay of a real log: the file to read
+  std::size_t warm_epochs = 1;             // warm-start epochs of every agent on this world
 };
 
 struct StudySetup {
@@ -57,16 +62,28 @@ std::uint64_t replay_warmup(const Options& o);
 // Relative cost of a run of the policy (jobs start longest first).
 double policy_cost(const PolicySpec& s);
 
-// A fresh agent for the job: its models initialised from the job's seed.
-std::unique_ptr<Agent> make_agent(const StudySetup& s, const Job& job);
+// A fresh agent for the job: its models initialised from the job's seed, trained on the
+// world's warm start for `warm_epochs` epochs.
+std::unique_ptr<Agent> make_agent(const StudySetup& s, const Job& job, std::size_t warm_epochs);
+
+// The warm-start impressions of a world: the online warm start, or the first
+// replay_warmup lines of its log.
+std::vector<Impression> warm_start_data(const StudySetup& s, const World& w);
+
+// Trains to convergence: the number of epochs over `warm` after which the held-out log
+// loss (every 10th impression held out) stops falling by more than 0.1%, at most 10. The
+// same for every policy of a world (it depends on the seed and the data only).
+std::size_t converged_epochs(const StudySetup& s, std::uint64_t seed, const std::vector<Impression>& warm,
+                             std::vector<double>* held_out_loss = nullptr);
 
 // Jobs of every named policy on every seed (world w = seeds[w]), with the tuned knobs.
 std::vector<Job> make_jobs(const std::vector<std::string>& names, const std::vector<std::uint64_t>& seeds,
                            const std::map<std::string, Knobs>& tuned);
 
-// Worlds for the given seeds: the environment (synthetic), its warm start (online) or its
-// log file (replay; generated into out/logs unless --log names a real file).
-std::vector<World> make_worlds(const Options& o, const std::vector<std::uint64_t>& seeds, bool online);
+// Worlds for the given seeds: the environment (synthetic; replay reads its log as an
+// EnvironmentLog, without a file) or the real log file (--log), the online warm start, and
+// the warm-start epochs (LearningSettings::warm_epochs, or converged_epochs() when it is 0).
+std::vector<World> make_worlds(const Options& o, const StudySetup& setup, const std::vector<std::uint64_t>& seeds);
 
 // Visits (online) or lines (replay) a job works through, for the progress bar; 0 unknown.
 std::uint64_t work_per_job(const Options& o, bool online);
@@ -86,7 +103,8 @@ void run_study(const Options& o, const StudySetup& setup, const std::vector<std:
                std::size_t n_seeds);
 // --tune: the knobs of the named policies on validation seeds (tuning.cpp).
 void tune(const Options& o, const StudySetup& setup, const std::vector<std::string>& names, std::size_t n_seeds);
-// --diagnose: how far the AGE move goes and where it changes picks (diagnose.cpp).
-void diagnose(const Options& o, const StudySetup& setup);
+// --calibrate: lambda' calibration of the AGE policies on a warm-started model of the first
+// validation seed, and how the move relates to the items' impressions (calibrate.cpp).
+void calibrate(const Options& o, const StudySetup& setup, const std::vector<std::string>& names);
 
 }  // namespace study
