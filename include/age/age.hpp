@@ -11,6 +11,7 @@
 #include "age/explore/ablation.hpp"
 #include "age/explore/any_explorer.hpp"
 #include "age/explore/baselines.hpp"
+#include "age/explore/calibration.hpp"
 #include "age/explore/engine.hpp"
 #include "age/explore/gate.hpp"
 #include "age/explore/perturbation.hpp"

@@ -122,7 +122,7 @@ double new_row_update_length(const Opt& optimizer, std::size_t dim) {
 }
 
 namespace detail {
-struct NoWorkspace {};
+struct BoxedPolicyWorkspace {};  // a boxed policy (AnyExplorer) holds its own
 template <class E>
 struct WorkspaceOf {
   using type = typename E::Workspace;
@@ -176,7 +176,7 @@ LambdaCalibration calibrate_lambda(MakeExplorer&& make, std::span<const Request>
   for (const double lambda : lambdas) {
     auto made = make(lambda);
     using Made = std::remove_cvref_t<decltype(made)>;
-    typename std::conditional_t<Explorer<Made>, detail::WorkspaceOf<Made>, std::type_identity<detail::NoWorkspace>>::type
+    typename std::conditional_t<Explorer<Made>, detail::WorkspaceOf<Made>, std::type_identity<detail::BoxedPolicyWorkspace>>::type
         ws;
     auto score = [&](const Request& request) {
       if constexpr (Explorer<Made>)
