@@ -254,6 +254,7 @@ inline OpeReport evaluate_off_policy(std::span<const OpeSample> samples, const O
   // w_i (r_i - V) / mean(w) for SNIPS and replay (with the match as the weight).
   std::array<OpeEstimate, kEstimators.size()> est;
   std::vector<double> terms(n);
+  const double ess = effective_sample_size(samples);
   for (Estimator e : kEstimators) {
     OpeEstimate& x = est[static_cast<std::size_t>(e)];
     x.estimator = e;
@@ -272,7 +273,7 @@ inline OpeReport evaluate_off_policy(std::span<const OpeSample> samples, const O
       }
     }
     x.std_error = detail::mean_std_error(terms);
-    x.ess = e == Estimator::dm ? static_cast<double>(n) : effective_sample_size(samples);
+    x.ess = e == Estimator::dm ? static_cast<double>(n) : ess;
   }
   OpeEstimate& replay = est[static_cast<std::size_t>(Estimator::replay)];
   replay.ess = total.m;
