@@ -262,7 +262,7 @@ TEST_CASE("AnyExplorer: Monte-Carlo through the box equals the typed policy's", 
   CHECK(any.method == PropensityMethod::monte_carlo);
 }
 
-TEST_CASE("propensities: positions beyond N are clipped; bad options and inputs are named", "[propensity][validation]") {
+TEST_CASE("propensities: positions beyond N are clipped, bad options and inputs are named", "[propensity][validation]") {
   const Fixture f(3);
   const Greedy<Tower> greedy(f.tower);
   CHECK(compute_propensities(greedy, f.request(), {.positions = 10}).positions() == 3);
