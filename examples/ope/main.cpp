@@ -183,9 +183,12 @@ int main(int argc, char** argv) {
     if (o.command == "convert") return ope::run_convert(o);
     if (o.command == "obd-check") return ope::run_obd_check(o);
     throw age::ConfigError("command: expected evaluate, train, fill, convert or obd-check, got '" + o.command + "'");
-  } catch (const age::Error& e) {
+  } catch (const age::ConfigError& e) {  // a bad command line: show what is accepted
     std::cerr << "age-ope: " << e.what() << "\n";
     ope::usage(std::cerr);
+    return 2;
+  } catch (const age::Error& e) {
+    std::cerr << "age-ope: " << e.what() << "\n";
     return 2;
   }
 }
