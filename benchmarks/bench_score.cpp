@@ -17,6 +17,11 @@
 //                                  shared scorer and model, each with its own workspace
 //   BM_Workspace/<policy>/<N>      heap bytes of a warmed-up workspace, per request and
 //                                  per candidate
+//   BM_Propensity/<policy>/<N>/<K> the propensities of the top 3 positions of one request
+//                                  already scored (age/explore/propensity.hpp): the closed
+//                                  form (epsilon_greedy, K unused) or K Monte-Carlo draws
+//                                  (age_ts_fgm: K scorings); counters ns_per_request and
+//                                  ns_per_draw
 // Times are process CPU time (robust to other processes taking the core for a while),
 // except BM_Throughput, which is wall time. The ceiling is also measured once at start-up
 // (median of repeated runs) so that every BM_Score reports its fraction of it.
@@ -37,6 +42,7 @@
 #include <vector>
 
 #include "age/explore/baselines.hpp"
+#include "age/explore/propensity.hpp"
 #include "age/explore/scorer.hpp"
 #include "age/model/gemm.hpp"
 #include "openblas.hpp"
@@ -62,6 +68,7 @@ struct Engines {
   TsPgd ts_pgd{w.tower, DguGate(w.dgu), McDropoutTs{kDropout}, Pgd{.lambda = kLambda, .steps = kPgdSteps}, kSeed};
   UcbFgm ucb_fgm{w.tower, DguGate(w.dgu), McDropoutUcb{.rate = kDropout, .samples = kUcbSamples},
                  Fgm{.lambda = kLambda}, kSeed};
+  EpsilonGreedy<Tower> epsilon_greedy{w.tower, {.epsilon = 0.1, .seed = kSeed}};
 };
 const Engines* engines = nullptr;
 double ceiling_gflops = 0;
@@ -267,6 +274,44 @@ void BM_Workspace(benchmark::State& state, Policy policy) {
   state.counters["workspace_bytes_per_candidate"] = bytes / static_cast<double>(n);
 }
 
+// --- Propensities ------------------------------------------------------------------------
+// The cost a service adds per request when it logs propensities on the serving path: the
+// request was scored (not timed), then its top-3 propensities are computed (timed).
+template <class P>
+void propensity_loop(benchmark::State& state, const P& policy, std::size_t draws) {
+  const Index n = state.range(0);
+  const std::size_t s = size_index(n);
+  const Workload& w = engines->w;
+  typename P::Workspace ws;
+  PropensityWorkspace pws;
+  Propensities props;
+  std::vector<ScoredRequest> served(kRequestsPerSize);
+  for (std::size_t r = 0; r < kRequestsPerSize; ++r) {
+    policy.score(Request{w.users[s][r], w.items[s][r], r + 1}, served[r], ws);
+    compute_propensities(policy, Request{w.users[s][r], w.items[s][r], r + 1}, served[r],
+                         {.positions = 3, .draws = draws}, ws, pws, props);  // warm-up
+  }
+  std::size_t r = 0;
+  for (auto _ : state) {
+    compute_propensities(policy, Request{w.users[s][r], w.items[s][r], r + 1}, served[r],
+                         {.positions = 3, .draws = draws}, ws, pws, props);
+    benchmark::DoNotOptimize(props.prob.data());
+    benchmark::ClobberMemory();
+    r = r + 1 == kRequestsPerSize ? 0 : r + 1;
+  }
+  const double iters = static_cast<double>(state.iterations());
+  state.counters["ns_per_request"] =
+      benchmark::Counter(iters * 1e-9, benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  state.counters["ns_per_draw"] = benchmark::Counter(iters * static_cast<double>(std::max<std::size_t>(draws, 1)) * 1e-9,
+                                                     benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+
+void BM_PropensityExact(benchmark::State& state) { propensity_loop(state, engines->epsilon_greedy, 1); }
+
+void BM_PropensityMonteCarlo(benchmark::State& state) {
+  propensity_loop(state, engines->ts_fgm, static_cast<std::size_t>(state.range(1)));
+}
+
 void register_all() {
   benchmark::RegisterBenchmark("BM_GemmCeiling", BM_GemmCeiling)->MeasureProcessCPUTime()->Unit(benchmark::kMicrosecond);
   const std::pair<const char*, Product> products[] = {
@@ -295,6 +340,13 @@ void register_all() {
     for (Index n : kSizes) b->Arg(n);
     b->Iterations(1);
   }
+  auto* exact = benchmark::RegisterBenchmark("BM_Propensity/epsilon_greedy", BM_PropensityExact);
+  for (Index n : {Index{10}, Index{100}, Index{1000}}) exact->Args({n, 0});
+  exact->MeasureProcessCPUTime()->Unit(benchmark::kMicrosecond);
+  auto* mc = benchmark::RegisterBenchmark("BM_Propensity/age_ts_fgm", BM_PropensityMonteCarlo);
+  for (Index n : {Index{10}, Index{100}})
+    for (Index k : {Index{16}, Index{256}}) mc->Args({n, k});
+  mc->MeasureProcessCPUTime()->Unit(benchmark::kMicrosecond);
 }
 
 #ifdef AGE_BENCH_BLAS
