@@ -102,6 +102,7 @@ class AgeScorer : public CandidateLimit {
         perturbation_(std::move(perturbation)),
         gate_(std::move(gate)),
         seed_(seed) {
+    detail::require_usable_model(model, "AgeScorer");
     uncertainty_.validate();
     perturbation_.validate();
     gate_.validate();
@@ -140,11 +141,14 @@ class AgeScorer : public CandidateLimit {
     return status;
   }
 
-  // What a request must satisfy (detail::check_request, explore/request.hpp): 1 to
-  // max_candidates() candidates (default 100000), the model's item_dim and user_dim rows,
-  // 1 or N user columns, one impression count per candidate when given, and finite
-  // embeddings. O(N * d), one pass; no throw, no allocation.
+  // What a request must satisfy (detail::check_request, explore/request.hpp): a model that
+  // is not empty (moved from after the scorer was built), 1 to max_candidates() candidates
+  // (default 100000), the model's item_dim and user_dim rows, 1 or N user columns, one
+  // impression count per candidate when given, and finite embeddings. O(N * d), one pass;
+  // no throw, no allocation.
   Status check_request(const Request& request) const noexcept {
+    if (detail::is_empty_model(*model_))
+      return Status::format(StatusCode::config, "AgeScorer: model: %s", detail::kEmptyModelMessage);
     return detail::check_request(request, static_cast<Index>(model_->user_dim()),
                                  static_cast<Index>(model_->item_dim()), max_candidates());
   }

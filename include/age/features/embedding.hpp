@@ -9,6 +9,7 @@
 #include <new>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "age/core/error.hpp"
@@ -37,6 +38,18 @@ inline std::size_t hash_row(std::string_view field_name, std::uint64_t id, std::
 class EmbeddingTables {
  public:
   EmbeddingTables() = default;
+  EmbeddingTables(const EmbeddingTables&) = default;
+  EmbeddingTables& operator=(const EmbeddingTables&) = default;
+  // A moved-from object holds no layout and no tables (FeatureLayout's move empties it).
+  EmbeddingTables(EmbeddingTables&& other) noexcept
+      : layout_(std::move(other.layout_)), tables_(std::exchange(other.tables_, {})) {}
+  EmbeddingTables& operator=(EmbeddingTables&& other) noexcept {
+    if (this != &other) {
+      layout_ = std::move(other.layout_);
+      tables_ = std::exchange(other.tables_, {});
+    }
+    return *this;
+  }
   explicit EmbeddingTables(FeatureLayout layout) : layout_(std::move(layout)) {
     tables_.resize(layout_.size());
     for (std::size_t f = 0; f < layout_.size(); ++f) {

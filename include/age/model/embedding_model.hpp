@@ -1,11 +1,17 @@
 // The library's CTR model: embedding tables for the fields of a FeatureLayout, feeding a
 // dense Tower over h = [user | item]. Scoring goes features -> embeddings -> tower; AGE
 // works on the embedding level (it moves the item part of h), so the model exposes both.
+//
+// An empty model -- default-constructed, or moved from (a move leaves the source exactly
+// as a default-constructed one) -- has no layout and no tower: it can be assigned to (e.g.
+// `model = load_model(path)`), and every other use refuses it with a ConfigError: the
+// passes, embed_request(), predict(), initialize(), the scorers and save_model().
 #pragma once
 
 #include <cmath>
 #include <cstddef>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "age/core/error.hpp"
@@ -41,9 +47,13 @@ class EmbeddingCtrModel {
   void initialize(Rng& rng, double embedding_std = 0.01) {
     if (!(embedding_std >= 0.0 && std::isfinite(embedding_std)))
       throw ConfigError("embedding_std: expected a finite value >= 0, got " + std::to_string(embedding_std));
+    require_usable("initialize");
     tables_.initialize_normal(rng, embedding_std);
     tower_.initialize(rng);
   }
+
+  // No layout and no tower: default-constructed or moved from (see the top of this file).
+  bool empty() const noexcept { return tower_.empty(); }
 
   const FeatureLayout& layout() const noexcept { return tables_.layout(); }
   EmbeddingTables& tables() noexcept { return tables_; }
@@ -57,6 +67,7 @@ class EmbeddingCtrModel {
   // Features of one request -> user vector (once) and item matrix item_dim x N.
   void embed_request(const SideInput& user, std::span<const SideInput> items, Vector& user_out,
                      Matrix& items_out) const {
+    require_usable("embed_request");
     if (items.empty()) throw InputError("request: items: expected at least 1 candidate, got 0");
     tables_.embed_request(user, items, user_out, items_out);
   }
@@ -115,6 +126,13 @@ class EmbeddingCtrModel {
   }
 
  private:
+  void require_usable(const char* what) const {
+    if (empty())
+      throw ConfigError(std::string("EmbeddingCtrModel ") + what +
+                        ": expected a model with a layout and a tower (constructed, copied or loaded), got an "
+                        "empty one (default-constructed or moved from)");
+  }
+
   EmbeddingTables tables_;
   Tower tower_;
 };

@@ -31,10 +31,12 @@ inline void require_non_negative(std::string_view what, double value) {
   require_config(std::isfinite(value) && value >= 0.0, what, "a finite value >= 0", value);
 }
 
-// The request checks every policy makes before scoring (detail::check_request: candidate
-// count within max_candidates, dimensions, finite embeddings), as exceptions.
+// The request checks every policy makes before scoring (a model that is not empty, then
+// detail::check_request: candidate count within max_candidates, dimensions, finite
+// embeddings), as exceptions.
 template <CtrModel Model>
 void check_request(const Model& model, const Request& request, Index max_candidates) {
+  require_usable_model(model, "explorer");
   detail::require_request(request, static_cast<Index>(model.user_dim()), static_cast<Index>(model.item_dim()),
                           max_candidates);
 }

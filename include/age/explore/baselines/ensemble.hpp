@@ -39,9 +39,11 @@ class EnsembleMembers {
     if (members_.size() < min_size)
       throw ConfigError(std::string(policy) + ".members: expected >= " + std::to_string(min_size) +
                         " models, got " + std::to_string(members_.size()));
-    for (std::size_t m = 0; m < members_.size(); ++m)
+    for (std::size_t m = 0; m < members_.size(); ++m) {
       if (members_[m] == nullptr)
         throw ConfigError(std::string(policy) + ".members[" + std::to_string(m) + "]: expected a model, got null");
+      require_usable_model(*members_[m], std::string(policy) + ".members[" + std::to_string(m) + "]");
+    }
     const auto ud = static_cast<std::size_t>(members_[0]->user_dim());
     const auto id = static_cast<std::size_t>(members_[0]->item_dim());
     for (std::size_t m = 1; m < members_.size(); ++m) {

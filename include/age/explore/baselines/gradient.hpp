@@ -89,6 +89,7 @@ class GradientState : public CandidateLimit {
  public:
   GradientState(const Model& model, GradientConfig config, const char* name)
       : model_(&model), config_(config), name_(name) {
+    require_usable_model(model, name_);
     require_config(std::isfinite(config_.lambda) && config_.lambda > 0.0, name_ + ".lambda",
                    "a finite value > 0", config_.lambda);
     require_config(std::isfinite(config_.nu) && config_.nu > 0.0, name_ + ".nu", "a finite value > 0", config_.nu);
@@ -124,6 +125,7 @@ class GradientState : public CandidateLimit {
     if (shown < 0 || shown >= request.size())
       throw InputError(name_ + ".observe: shown candidate index: expected in [0, " + std::to_string(request.size()) +
                        "), got " + std::to_string(shown));
+    require_usable_model(*model_, name_);
     const Tower& t = tower();
     check_shape(t);
     // A non-finite embedding would poison U for good.
@@ -173,6 +175,7 @@ class GradientState : public CandidateLimit {
   // Forward pass into ws.tower (logits), then ws.quad = sum(g^2 / U) and
   // ws.sigma = nu * sqrt(lambda * quad) for every candidate.
   void compute_sigma(const Request& request, GradientWorkspace& ws) const {
+    require_usable_model(*model_, name_);  // moved from since it was built?
     const Tower& t = tower();
     check_shape(t);
     detail::require_request(request, static_cast<Index>(t.user_dim()), static_cast<Index>(t.item_dim()),

@@ -23,6 +23,7 @@ AGE_DECL Tower::Tower(std::size_t user_dim, std::size_t item_dim, std::vector<st
 }
 
 AGE_DECL void Tower::initialize(Rng& rng) {
+  require_shape("initialize");
   Edit e = edit();
   layers_.initialize(rng);
 }
@@ -132,6 +133,7 @@ AGE_DECL void Tower::close_edit() noexcept {
 }
 
 AGE_DECL void Tower::require_committed(const char* pass) const {
+  require_shape(pass);
   if (open_edits_ != 0)
     throw InputError(std::string("tower ") + pass + ": expected no open Tower::Edit, got " +
                      std::to_string(open_edits_) + " (its derived tables are rebuilt when it ends)");
