@@ -1,5 +1,6 @@
 // Bad input as an attacker or a careless caller would give it (issue 20), on the scoring
-// side: models that are not usable (default-constructed, moved from). Each must end in an age::Error (or a non-ok Status), never a crash
+// side: models that are not usable (default-constructed, moved from) and finite but absurd
+// settings and weights. Each must end in an age::Error (or a non-ok Status), never a crash
 // or a NaN score with an ok status. (Weight files: test_io_hardening.cpp; saving:
 // test_crash_safe.cpp; R6B logs: test_r6b.cpp; the debug check of shared workspaces:
 // test_workspace_use.cpp.)
@@ -18,6 +19,8 @@
 using namespace age;
 
 namespace {
+
+constexpr double kHuge = 1e300;
 
 // REQUIRE that fn throws exactly the age::Error subclass E with a message containing
 // every one of `parts`.
@@ -53,6 +56,12 @@ Matrix random_matrix(Index rows, Index cols, std::uint64_t seed) {
   Matrix m(rows, cols);
   for (Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<Scalar>(rng.normal());
   return m;
+}
+
+// Every weight of the tower multiplied by `factor` (finite, but the products overflow).
+void scale_weights(Tower& tower, Scalar factor) {
+  Tower::Edit e = tower.edit();
+  for (std::size_t l = 0; l < tower.num_layers(); ++l) e.weight(l) *= factor;
 }
 
 }  // namespace
@@ -228,4 +237,119 @@ TEST_CASE("a tower that is empty is refused by the gate, the trainer and its own
   ScoredRequest scored;
   require_status(scorer.try_score(Request{user, items, 1}, scored, sws), StatusCode::config,
                  {"AgeScorer: model", "got an empty one"});
+}
+
+// ---------------------------------------------------------------------------------------
+// Finite but absurd settings and weights
+// ---------------------------------------------------------------------------------------
+
+TEST_CASE("absurd but finite settings are refused where they are set, naming setting and value", "[hardening]") {
+  const Tower model(3, 5, {8, 4});
+  const Tower dgu = make_dgu_tower(5, 4);
+  const DguGate gate(dgu);
+  const std::vector<Tower> members(2, model);
+  EmbeddingCtrModel emb = small_model();
+  EmbeddingTables tables(small_layout());
+  const double max_double = std::numeric_limits<double>::max();
+  struct Row {
+    const char* name;
+    std::function<void()> build;
+    std::vector<std::string> parts;
+  };
+  const std::vector<Row> rows{
+      {"PGD lambda' near the double maximum", [&] { AgeTs<Tower>(model, gate, {}, Pgd{.lambda = max_double}); },
+       {"Pgd.lambda", "[0, 1e+06]", "got 1.79769e+308"}},
+      {"FGM lambda' 1e300", [&] { AgeTsFgm<Tower>(model, gate, {}, Fgm{.lambda = kHuge}); },
+       {"Fgm.lambda", "got 1e+300"}},
+      {"random-direction lambda' 1e7",
+       [&] { AgeTsWithoutDirection<Tower>(model, gate, {}, RandomDirection{.lambda = 1e7}); },
+       {"RandomDirection.lambda", "got 1e+07"}},
+      {"PGD step scale 1e300", [&] { AgeTs<Tower>(model, gate, {}, Pgd{.step_scale = kHuge}); },
+       {"Pgd.step_scale", "(0, 1e+06]", "got 1e+300"}},
+      {"noise scale 1e300",
+       [&] { AgeTsWithoutDelta<Tower>(model, gate, GaussianNoise{.scale = kHuge}); },
+       {"GaussianNoise.scale", "got 1e+300"}},
+      {"ensemble bonus scale 1e300",
+       [&] { EnsembleUcb<Tower>(std::span<const Tower>(members), {.scale = kHuge}); },
+       {"EnsembleUcb.scale", "got 1e+300"}},
+      {"gradient nu 1e300", [&] { GradientUcb<Tower>(model, {.nu = kHuge}); }, {"GradientUcb.nu", "got 1e+300"}},
+      {"gradient lambda 1e300", [&] { GradientTs<Tower>(model, {.lambda = kHuge}); }, {"GradientTs.lambda"}},
+      {"Adam lr 1e300", [] { TowerOptimizer<Adam>(Adam{.lr = kHuge}); }, {"adam: lr", "got 1e+300"}},
+      {"Adagrad lr_decay 1e300", [] { TowerOptimizer<Adagrad>(Adagrad{.lr_decay = kHuge}); }, {"adagrad: lr_decay"}},
+      {"initialize with an enormous std", [&] { Rng r(1); emb.initialize(r, kHuge); },
+       {"embedding_std", "[0, 1e+06]", "got 1e+300"}},
+      {"embedding tables with an enormous std", [&] { Rng r(1); tables.initialize_normal(r, 1e10); },
+       {"stddev", "got 1e+10"}},
+      {"finite-difference step 1e300", [&] { FiniteDifferenceModel<Tower>(model, kHuge); },
+       {"FiniteDifferenceModel.step", "got 1e+300"}},
+      {"settings of the ablations", [&] { age_ts(model, dgu, AgeSettings{.lambda = kHuge}); }, {"Pgd.lambda"}},
+  };
+  for (const Row& row : rows) {
+    DYNAMIC_SECTION(row.name) { require_error<ConfigError>(row.build, row.parts); }
+  }
+  SECTION("the bound itself is accepted") {
+    CHECK_NOTHROW(AgeTs<Tower>(model, gate, {}, Pgd{.lambda = kMaxSettingScale, .step_scale = kMaxSettingScale}));
+    Rng r(1);
+    CHECK_NOTHROW(emb.initialize(r, kMaxSettingScale));
+    CHECK(kMaxSettingScale == 1e6);
+  }
+}
+
+TEST_CASE("scores that overflow float are an InputError / input Status, never NaN with an ok status",
+          "[hardening]") {
+  Tower model(3, 5, {8, 4});
+  Rng rng(11);
+  model.initialize(rng);
+  scale_weights(model, 1e30f);  // finite weights whose products overflow
+  const Tower dgu = make_dgu_tower(5, 4);
+  const Matrix user = random_matrix(3, 1, 4), items = random_matrix(5, 6, 5);
+  const Request request{user, items, 9};
+  ScoredRequest out;
+  const std::vector<std::string> parts{"scores: ", "expected a finite value", "float overflows"};
+
+  const AgeTs<Tower> ts(model, DguGate(dgu), McDropoutTs{0.1}, Pgd{.lambda = 0.1});
+  AgeTs<Tower>::Workspace ws;
+  require_error<InputError>([&] { ts.score(request, out, ws); }, parts);
+  require_status(ts.try_score(request, out, ws), StatusCode::input, parts);
+  require_status(age::try_score(ts, request, out, ws), StatusCode::input, parts);
+  const AgeUcbWithoutGate<Tower> ucb(model, AlwaysOpen{}, McDropoutUcb{0.1});
+  AgeUcbWithoutGate<Tower>::Workspace ucb_ws;
+  require_status(ucb.try_score(request, out, ucb_ws), StatusCode::input, parts);
+
+  TowerWorkspace tws;
+  const Greedy<Tower> greedy(model);
+  require_error<InputError>([&] { greedy.score(request, out, tws); }, parts);
+  require_status(age::try_score(greedy, request, out, tws), StatusCode::input, parts);
+  require_error<InputError>([&] { EpsilonGreedy<Tower>(model, {.epsilon = 1.0}).score(request, out, tws); }, parts);
+  require_error<InputError>([&] { RandomPolicy<Tower>(model).score(request, out, tws); }, parts);
+  const std::vector<Tower> members(2, model);
+  EnsembleUcb<Tower>::Workspace ews;
+  require_error<InputError>([&] { EnsembleUcb<Tower>(std::span<const Tower>(members)).score(request, out, ews); },
+                            parts);
+  EnsembleTs<Tower>::Workspace etws;
+  require_error<InputError>([&] { EnsembleTs<Tower>(std::span<const Tower>(members)).score(request, out, etws); },
+                            parts);
+  GradientWorkspace gws;
+  require_error<InputError>([&] { GradientTs<Tower>(model).score(request, out, gws); }, parts);
+
+}
+
+TEST_CASE("ScoredRequest::check_finite names the part and the candidate", "[hardening]") {
+  ScoredRequest out;
+  out.resize(70);  // a whole number of vectors and a tail
+  out.base.setConstant(0.5f);
+  out.delta.setZero();
+  out.explored.setConstant(0.25f);
+  CHECK(out.check_finite().ok());
+  for (const Index i : {Index(0), Index(33), Index(69)}) {
+    ScoredRequest bad = out;
+    bad.explored[i] = std::numeric_limits<Scalar>::quiet_NaN();
+    require_status(bad.check_finite(), StatusCode::input, {"explored[" + std::to_string(i) + "]", "got nan"});
+    bad = out;
+    bad.delta[i] = -std::numeric_limits<Scalar>::infinity();
+    require_status(bad.check_finite(), StatusCode::input, {"delta[" + std::to_string(i) + "]", "got -inf"});
+  }
+  ScoredRequest base_bad = out;
+  base_bad.base[5] = std::numeric_limits<Scalar>::infinity();
+  require_status(base_bad.check_finite(), StatusCode::input, {"base[5]", "got inf"});
 }

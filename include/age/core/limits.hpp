@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <string_view>
 
@@ -21,7 +22,29 @@ inline constexpr std::uint64_t kMaxTensorElements = std::uint64_t{1} << 32;
 // room while refusing a request whose size is garbage before anything is sized for it.
 inline constexpr Index kDefaultMaxCandidates = 100000;
 
+// Largest value accepted for a scale-like setting: lambda', the PGD step scale, the noise
+// and bonus scales, learning rates, initialisation spreads, finite-difference steps. They
+// multiply embeddings and probabilities, so any useful value is far below it, and a typo
+// or a garbage double (1e300) is refused where it is set (ConfigError) rather than found
+// later as inf or NaN scores.
+inline constexpr double kMaxSettingScale = 1e6;
+
 namespace detail {
+
+// A setting's value for a message ("1e+300", "-1", "nan").
+inline std::string setting_number(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+// ConfigError "<what>: expected a value in [0, 1e+06] (or (0, 1e+06]), got <value>" unless
+// 0 <= value <= kMaxSettingScale (value > 0 when `positive`). NaN fails both comparisons.
+inline void check_scale(std::string_view what, double value, bool positive) {
+  if ((positive ? value > 0.0 : value >= 0.0) && value <= kMaxSettingScale) return;
+  throw ConfigError(std::string(what) + ": expected a value in " + (positive ? "(0, " : "[0, ") +
+                    setting_number(kMaxSettingScale) + "], got " + setting_number(value));
+}
 
 // ConfigError unless a rows x cols tensor stays within kMaxTensorElements (and so within
 // Index and size_t arithmetic). `what` names the tensor.

@@ -17,12 +17,15 @@
 //   ScoredRequest out;
 //   scorer.score(Request{user, items, request_id}, out, ws);
 //
-// Validation: every request is checked first (check_request: 1 to max_candidates()
-// candidates, default kDefaultMaxCandidates = 100000; item_dim / user_dim rows; finite
-// embeddings, in one pass), and score() throws InputError or DimensionError naming the
-// field and the actual value. try_score() is the non-throwing form, for services that do
-// not use exceptions on the scoring path: it returns an age::Status (code + message in a
-// fixed buffer) and allocates nothing more than score() does:
+// Validation: every request is checked first (check_request: a usable model, 1 to
+// max_candidates() candidates, default kDefaultMaxCandidates = 100000; item_dim / user_dim
+// rows; finite embeddings, in one pass), and score() throws InputError or DimensionError
+// naming the field and the actual value (ConfigError for an empty model: default-
+// constructed or moved from). The scores are checked last: a base, delta or explored
+// score that is not finite (float overflowed in the model) is an InputError naming the
+// candidate, never a NaN returned as a score. try_score() is the non-throwing form, for
+// services that do not use exceptions on the scoring path: it returns an age::Status
+// (code + message in a fixed buffer) and allocates nothing more than score() does:
 //   if (Status s = scorer.try_score(request, out, ws); !s.ok()) log(s.message());
 //
 // Thread safety and reproducibility: the scorer keeps a const pointer to the model (which
@@ -92,9 +95,10 @@ class AgeScorer : public CandidateLimit {
     RowVector base, delta, explored;
   };
 
-  // Validates every policy (ConfigError: lambda' < 0, p outside [0, 1), PGD steps = 0,
-  // UCB samples = 0, a DGU gate without a tower, a move of the user part on an engine
-  // that moves the item part only, ...).
+  // Validates the model and every policy (ConfigError: an empty model, lambda' outside
+  // [0, kMaxSettingScale], p outside [0, 1), PGD steps = 0, UCB samples = 0, a DGU gate
+  // without a tower, a move of the user part on an engine that moves the item part only,
+  // ...).
   explicit AgeScorer(const Model& model, Gate gate = Gate(), Uncertainty uncertainty = Uncertainty(),
                      Perturbation perturbation = Perturbation(), std::uint64_t seed = 0)
       : model_(&model),
@@ -124,6 +128,7 @@ class AgeScorer : public CandidateLimit {
     const Status status = check_request(request);
     if (!status.ok()) status.raise();
     score_checked(request, out, ws);
+    detail::require_finite_scores(out);
   }
 
   // score() without exceptions: the status of what score() would have thrown, or ok. A bad
@@ -138,7 +143,7 @@ class AgeScorer : public CandidateLimit {
     } catch (...) {
       return Status::from_current_exception();
     }
-    return status;
+    return out.check_finite();
   }
 
   // What a request must satisfy (detail::check_request, explore/request.hpp): a model that

@@ -67,9 +67,7 @@ class EmbeddingTables {
   // Every row from Normal(0, stddev^2). Small stddev (<= 0.01) keeps an unseen id near the
   // model's average prediction instead of at a random score.
   void initialize_normal(Rng& rng, double stddev) {
-    if (!(stddev >= 0.0 && std::isfinite(stddev)))
-      throw ConfigError("embedding initialisation: stddev: expected a finite value >= 0, got " +
-                        std::to_string(stddev));
+    detail::check_scale("embedding initialisation: stddev", stddev, /*positive=*/false);
     for (auto& t : tables_)
       for (Index i = 0; i < t.size(); ++i) t.data()[i] = static_cast<Scalar>(rng.normal(0.0, stddev));
   }

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "age/core/error.hpp"
+#include "age/core/limits.hpp"
 #include "age/core/rng.hpp"
 #include "age/core/types.hpp"
 #include "age/features/embedding.hpp"
@@ -43,10 +44,12 @@ class EmbeddingCtrModel {
         tower_(tables_.layout().user_dim(), tables_.layout().item_dim(), std::move(hidden)) {}
 
   // Embeddings from Normal(0, embedding_std^2) (small, so new ids start near the average
-  // prediction); the tower as PyTorch's nn.Linear would be.
+  // prediction); the tower as PyTorch's nn.Linear would be. embedding_std is at most
+  // kMaxSettingScale: a larger one makes embeddings that overflow the tower's float sums.
   void initialize(Rng& rng, double embedding_std = 0.01) {
-    if (!(embedding_std >= 0.0 && std::isfinite(embedding_std)))
-      throw ConfigError("embedding_std: expected a finite value >= 0, got " + std::to_string(embedding_std));
+    if (!(embedding_std >= 0.0 && embedding_std <= kMaxSettingScale))
+      throw ConfigError("embedding_std: expected a value in [0, " + detail::setting_number(kMaxSettingScale) +
+                        "], got " + detail::setting_number(embedding_std));
     require_usable("initialize");
     tables_.initialize_normal(rng, embedding_std);
     tower_.initialize(rng);

@@ -110,6 +110,7 @@ class EnsembleTs : public CandidateLimit {
     out.delta = out.explored - out.base;
     std::fill(out.gate.begin(), out.gate.end(), std::uint8_t{1});
     out.rank();
+    detail::baseline::finish(out);
   }
 
   // The member that serves the request with this id.
@@ -167,6 +168,7 @@ class EnsembleUcb : public CandidateLimit {
     out.explored = out.base + static_cast<Scalar>(config_.scale) * out.delta;
     std::fill(out.gate.begin(), out.gate.end(), std::uint8_t{1});
     out.rank();
+    detail::baseline::finish(out);
   }
 
   std::size_t size() const noexcept { return members_.size(); }

@@ -90,9 +90,8 @@ class GradientState : public CandidateLimit {
   GradientState(const Model& model, GradientConfig config, const char* name)
       : model_(&model), config_(config), name_(name) {
     require_usable_model(model, name_);
-    require_config(std::isfinite(config_.lambda) && config_.lambda > 0.0, name_ + ".lambda",
-                   "a finite value > 0", config_.lambda);
-    require_config(std::isfinite(config_.nu) && config_.nu > 0.0, name_ + ".nu", "a finite value > 0", config_.nu);
+    check_scale(name_ + ".lambda", config_.lambda, /*positive=*/true);
+    check_scale(name_ + ".nu", config_.nu, /*positive=*/true);
     reset();
   }
 
@@ -314,6 +313,7 @@ class GradientTs : public detail::baseline::GradientState<Model> {
     }
     std::fill(out.gate.begin(), out.gate.end(), std::uint8_t{1});
     out.rank();
+    detail::baseline::finish(out);
   }
 };
 
@@ -342,6 +342,7 @@ class GradientUcb : public detail::baseline::GradientState<Model> {
     }
     std::fill(out.gate.begin(), out.gate.end(), std::uint8_t{1});
     out.rank();
+    detail::baseline::finish(out);
   }
 };
 
