@@ -30,7 +30,8 @@
 //
 // Thread safety and reproducibility: the scorer keeps a const pointer to the model (which
 // must outlive it) and never changes after construction, so one scorer serves many
-// threads, each with its own Workspace. All randomness of a request comes from Rngs seeded
+// threads, each with its own Workspace (a Workspace shared by two calls at once is caught
+// by an assertion in debug builds, age/core/workspace_use.hpp). All randomness of a request comes from Rngs seeded
 // by (scorer seed, request id): the same request scores identically every time, on every
 // thread, in any order. With the library's model and policies on the request-pass engine,
 // scoring allocates nothing once warmed up on the largest N, whatever the number of open
@@ -59,6 +60,7 @@
 #include "age/core/status.hpp"
 #include "age/core/types.hpp"
 #include "age/core/scratch.hpp"
+#include "age/core/workspace_use.hpp"
 #include "age/explore/engine.hpp"
 #include "age/explore/gate.hpp"
 #include "age/explore/perturbation.hpp"
@@ -93,6 +95,7 @@ class AgeScorer : public CandidateLimit {
     typename Gate::Workspace gate;
     std::vector<Index> open;
     RowVector base, delta, explored;
+    detail::WorkspaceMark in_use;  // debug builds: one call at a time
   };
 
   // Validates the model and every policy (ConfigError: an empty model, lambda' outside
@@ -125,6 +128,7 @@ class AgeScorer : public CandidateLimit {
   // Scores every candidate of `request` into `out` (sized here) and ranks them. Throws
   // InputError / DimensionError for a request that check_request() rejects.
   void score(const Request& request, ScoredRequest& out, Workspace& ws) const {
+    const detail::WorkspaceUse use(ws.in_use, "AgeScorer::score");
     const Status status = check_request(request);
     if (!status.ok()) status.raise();
     score_checked(request, out, ws);
@@ -136,6 +140,7 @@ class AgeScorer : public CandidateLimit {
   // try/catch. On success it allocates exactly what score() allocates (nothing once warmed
   // up, see the top of this file).
   Status try_score(const Request& request, ScoredRequest& out, Workspace& ws) const noexcept {
+    const detail::WorkspaceUse use(ws.in_use, "AgeScorer::try_score");
     Status status = check_request(request);
     if (!status.ok()) return status;
     try {

@@ -30,6 +30,7 @@ struct ModelWorkspace {
   Vector user;    // user_dim
   Matrix items;   // item_dim x N
   TowerWorkspace tower;
+  detail::WorkspaceMark in_use;  // debug builds: one predict() at a time
 };
 
 class EmbeddingCtrModel {
@@ -78,6 +79,7 @@ class EmbeddingCtrModel {
   // pCTR of every candidate of a request, from raw features.
   void predict(const SideInput& user, std::span<const SideInput> items, ModelWorkspace& ws,
                Eigen::Ref<RowVector> prob) const {
+    const detail::WorkspaceUse use(ws.in_use, "EmbeddingCtrModel::predict");
     embed_request(user, items, ws.user, ws.items);
     tower_.logits(ws.user, ws.items, nullptr, ws.tower, prob);
     sigmoid_in_place(prob);

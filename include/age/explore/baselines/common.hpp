@@ -10,6 +10,7 @@
 #include "age/core/error.hpp"
 #include "age/core/limits.hpp"
 #include "age/core/types.hpp"
+#include "age/core/workspace_use.hpp"
 #include "age/explore/request.hpp"
 #include "age/model/ctr_model.hpp"
 

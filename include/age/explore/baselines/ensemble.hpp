@@ -27,6 +27,7 @@ template <CtrModel Model>
 struct EnsembleWorkspace {
   std::vector<typename Model::Workspace> model;  // one per member
   RowMajorMatrix prob;                           // M x N
+  WorkspaceMark in_use;                          // debug builds: one call at a time
 };
 
 // The members of an ensemble: non-owning pointers to M >= min_size models with equal
@@ -101,6 +102,7 @@ class EnsembleTs : public CandidateLimit {
       : EnsembleTs(detail::baseline::EnsembleMembers<Model>::pointers(members), seed) {}
 
   void score(const Request& request, ScoredRequest& out, Workspace& ws) const {
+    const detail::WorkspaceUse use(ws.in_use, "EnsembleTs::score");
     detail::baseline::check_request(members_[0], request, max_candidates());
     out.resize(request.size());
     members_.predict_all(request, ws.model, ws.prob);
@@ -157,6 +159,7 @@ class EnsembleUcb : public CandidateLimit {
       : EnsembleUcb(detail::baseline::EnsembleMembers<Model>::pointers(members), config) {}
 
   void score(const Request& request, ScoredRequest& out, Workspace& ws) const {
+    const detail::WorkspaceUse use(ws.in_use, "EnsembleUcb::score");
     detail::baseline::check_request(members_[0], request, max_candidates());
     out.resize(request.size());
     members_.predict_all(request, ws.model, ws.prob);

@@ -77,6 +77,7 @@ struct GradientWorkspace {
   Matrix user_term;           // (1/U_W_0,user) user^2 when the user column is shared (out_0 x 1)
   RowVector quad;             // sum_k g_k^2 / U_k per candidate
   RowVector sigma;            // sigma per candidate
+  detail::WorkspaceMark in_use;  // debug builds: one call at a time
 };
 
 namespace detail::baseline {
@@ -300,6 +301,7 @@ class GradientTs : public detail::baseline::GradientState<Model> {
   explicit GradientTs(const Model& model, GradientConfig config = {}) : State(model, config, "GradientTs") {}
 
   void score(const Request& request, ScoredRequest& out, Workspace& ws) const {
+    const detail::WorkspaceUse use(ws.in_use, "GradientTs::score");
     this->compute_sigma(request, ws);
     out.resize(request.size());
     Rng rng(this->config().seed, request.id);
@@ -331,6 +333,7 @@ class GradientUcb : public detail::baseline::GradientState<Model> {
   explicit GradientUcb(const Model& model, GradientConfig config = {}) : State(model, config, "GradientUcb") {}
 
   void score(const Request& request, ScoredRequest& out, Workspace& ws) const {
+    const detail::WorkspaceUse use(ws.in_use, "GradientUcb::score");
     this->compute_sigma(request, ws);
     out.resize(request.size());
     const auto z = ws.tower.logits();
