@@ -762,12 +762,29 @@ inline Safetensors read_safetensors(const std::filesystem::path& path, const Saf
 
 namespace detail {
 inline std::atomic<std::uint64_t> temp_file_counter{0};
+
+// The temporary file's name for `file_name`: "." + file_name + suffix, with file_name cut
+// (at a UTF-8 character boundary) so that the whole fits in `name_max` bytes: the
+// file system refuses a longer name even when the target's own name fits.
+inline std::string temp_file_name(const std::string& file_name, const std::string& suffix, std::size_t name_max) {
+  const std::size_t room = name_max > suffix.size() + 2 ? name_max - suffix.size() - 1 : 1;
+  std::size_t keep = std::min(file_name.size(), room);
+  while (keep > 1 && keep < file_name.size() && (static_cast<unsigned char>(file_name[keep]) & 0xC0) == 0x80) --keep;
+  // Appended piece by piece: GCC 12 misreports "." + std::string as overlapping (-Wrestrict).
+  std::string name(".");
+  name.append(file_name, 0, keep);
+  name += suffix;
+  return name;
 }
+}  // namespace detail
 
 // Replaces `target` with `bytes` atomically: the bytes go to a new file in the same
 // directory, are flushed to disk (fsync), and the new file is renamed over the target. A
 // failure at any step removes the temporary file and throws IoError; the previous file,
-// if any, is untouched.
+// if any, is untouched. A file that is replaced keeps its permission bits (and its owner
+// and group where the process may set them): the temporary file is created with no more
+// than the target's permissions, so private weights are never readable by others, not
+// even while they are being written.
 inline void write_file_atomic(const std::filesystem::path& target, std::span<const std::uint8_t> bytes) {
   namespace fs = std::filesystem;
   const std::string name = target.string();
@@ -776,19 +793,22 @@ inline void write_file_atomic(const std::filesystem::path& target, std::span<con
   if (fs::is_directory(target, ec)) throw IoError("cannot write '" + name + "': it is a directory");
   const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
 
+  struct stat previous {};
+  const bool replacing = ::stat(target.c_str(), &previous) == 0 && S_ISREG(previous.st_mode);
+  const ::mode_t mode = replacing ? (previous.st_mode & 07777) : 0666;  // a new file: 0666 less the umask
+  const long name_max_conf = ::pathconf(dir.c_str(), _PC_NAME_MAX);
+  const std::size_t name_max = name_max_conf > 0 ? static_cast<std::size_t>(name_max_conf) : 255;
+
   // O_EXCL with a process- and call-unique name: concurrent savers never share a temp file.
   fs::path temp;
   int fd = -1;
   for (int attempt = 0; fd < 0; ++attempt) {
-    // Appended piece by piece: GCC 12 misreports "." + std::string as overlapping (-Wrestrict).
-    std::string temp_name(".");
-    temp_name += target.filename().string();
-    temp_name += ".tmp.";
-    temp_name += std::to_string(::getpid());
-    temp_name += '.';
-    temp_name += std::to_string(detail::temp_file_counter.fetch_add(1));
-    temp = dir / temp_name;
-    fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    std::string suffix = ".tmp.";
+    suffix += std::to_string(::getpid());
+    suffix += '.';
+    suffix += std::to_string(detail::temp_file_counter.fetch_add(1));
+    temp = dir / detail::temp_file_name(target.filename().string(), suffix, name_max);
+    fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode & 0777);
     if (fd < 0 && (errno != EEXIST || attempt >= 100))
       throw IoError("cannot save '" + name + "': cannot create temporary file '" + temp.string() +
                     "': " + detail::errno_text(errno));
@@ -798,6 +818,15 @@ inline void write_file_atomic(const std::filesystem::path& target, std::span<con
     ::unlink(temp.c_str());
     throw IoError("cannot save '" + name + "': " + step + " '" + temp.string() + "' failed: " + detail::errno_text(err));
   };
+  if (replacing) {
+    // Owner first (a change of owner clears set-id bits), best effort: only root may give
+    // a file away. Then the exact bits, which the umask may have narrowed at the open.
+    if ((previous.st_uid != ::geteuid() || previous.st_gid != ::getegid()) &&
+        ::fchown(fd, previous.st_uid, previous.st_gid) != 0) {
+      // Not permitted (EPERM): the file is this process's, with the target's mode.
+    }
+    if (::fchmod(fd, mode) != 0) fail("setting the permissions of", errno);
+  }
 
   const std::uint8_t* p = bytes.data();
   std::size_t left = bytes.size();
