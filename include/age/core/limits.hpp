@@ -24,10 +24,12 @@ inline constexpr Index kDefaultMaxCandidates = 100000;
 
 // Largest value accepted for a scale-like setting: lambda', the PGD step scale, the noise
 // and bonus scales, learning rates, initialisation spreads, finite-difference steps. They
-// multiply embeddings and probabilities, so any useful value is far below it, and a typo
-// or a garbage double (1e300) is refused where it is set (ConfigError) rather than found
-// later as inf or NaN scores.
-inline constexpr double kMaxSettingScale = 1e6;
+// multiply float embeddings and probabilities: a value near the double maximum (a typo, a
+// garbage double such as 1e300) is refused where it is set (ConfigError) rather than
+// found later as inf or NaN scores, while every value a study may probe passes (lambda'
+// calibration grids reach 1e7; lambda' is in the embeddings' units). Results that still
+// overflow are caught by the scorers' finite check (ScoredRequest::check_finite).
+inline constexpr double kMaxSettingScale = 1e12;
 
 namespace detail {
 
@@ -38,7 +40,7 @@ inline std::string setting_number(double v) {
   return buf;
 }
 
-// ConfigError "<what>: expected a value in [0, 1e+06] (or (0, 1e+06]), got <value>" unless
+// ConfigError "<what>: expected a value in [0, 1e+12] (or (0, 1e+12]), got <value>" unless
 // 0 <= value <= kMaxSettingScale (value > 0 when `positive`). NaN fails both comparisons.
 inline void check_scale(std::string_view what, double value, bool positive) {
   if ((positive ? value > 0.0 : value >= 0.0) && value <= kMaxSettingScale) return;

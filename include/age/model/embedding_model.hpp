@@ -46,7 +46,7 @@ class EmbeddingCtrModel {
 
   // Embeddings from Normal(0, embedding_std^2) (small, so new ids start near the average
   // prediction); the tower as PyTorch's nn.Linear would be. embedding_std is at most
-  // kMaxSettingScale: a larger one makes embeddings that overflow the tower's float sums.
+  // kMaxSettingScale (age/core/limits.hpp).
   void initialize(Rng& rng, double embedding_std = 0.01) {
     if (!(embedding_std >= 0.0 && embedding_std <= kMaxSettingScale))
       throw ConfigError("embedding_std: expected a value in [0, " + detail::setting_number(kMaxSettingScale) +
