@@ -8,6 +8,7 @@
 #include "age/core/rng.hpp"
 #include "age/core/status.hpp"
 #include "age/core/types.hpp"
+#include "age/core/workspace_use.hpp"
 #include "age/explore/ablation.hpp"
 #include "age/explore/any_explorer.hpp"
 #include "age/explore/baselines.hpp"

@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -32,10 +33,8 @@
 #define AGE_FUZZ_WITH_ZLIB 1
 #endif
 
-#if defined(AGE_FUZZ_HAVE_R6B) && defined(AGE_FUZZ_WITH_ZLIB)
 #include <sys/mman.h>
 #include <unistd.h>
-#endif
 
 namespace age_fuzz {
 
@@ -108,6 +107,32 @@ inline void score_once(const age::EmbeddingCtrModel& model) {
           "probability_gradient: d_items has the wrong shape");
 }
 
+// The input as a file (an in-memory one, memfd): what the readers of a path read.
+class MemFile {
+ public:
+  explicit MemFile(std::span<const std::uint8_t> data) {
+    fd_ = ::memfd_create("age_fuzz", MFD_CLOEXEC);
+    if (fd_ < 0) throw std::runtime_error("memfd_create failed");
+    for (std::size_t off = 0; off < data.size();) {
+      const ::ssize_t n = ::write(fd_, data.data() + off, data.size() - off);
+      if (n <= 0) {
+        ::close(fd_);
+        throw std::runtime_error("write to memfd failed");
+      }
+      off += static_cast<std::size_t>(n);
+    }
+    path_ = "/proc/self/fd/" + std::to_string(fd_);
+  }
+  MemFile(const MemFile&) = delete;
+  MemFile& operator=(const MemFile&) = delete;
+  ~MemFile() { ::close(fd_); }
+  const std::string& path() const noexcept { return path_; }
+
+ private:
+  int fd_ = -1;
+  std::string path_;
+};
+
 template <class F>
 auto must_accept(const char* what, F&& f) -> decltype(f()) {
   try {
@@ -122,14 +147,25 @@ auto must_accept(const char* what, F&& f) -> decltype(f()) {
 // A weight file: parse it; if it parses, our own writer's bytes for it must parse back to
 // the same contents and be a fixed point; the strict (finite-only) parse must agree with
 // the tensors' values; if it also loads as a model, the model must survive save/load
-// bit-exactly and score a request.
+// bit-exactly and score a request. The same bytes read as a file (read_safetensors,
+// load_model: the header first, then tensor by tensor) must give exactly what the
+// in-memory path gives, accepted or not.
 inline Outcome safetensors_file(std::span<const std::uint8_t> data) {
+  const detail::MemFile file(data);
+  std::optional<age::Safetensors> from_file;
+  try {
+    from_file = age::read_safetensors(file.path());
+  } catch (const age::Error&) {
+  }
   age::Safetensors st;
   try {
     st = age::parse_safetensors(data, "fuzz input");
   } catch (const age::Error&) {
+    require(!from_file, "read_safetensors accepted a file that parse_safetensors rejects");
     return Outcome::Rejected;
   }
+  require(from_file && detail::same_contents(st, *from_file),
+          "read_safetensors and parse_safetensors disagree on a file parse_safetensors accepts");
 
   const std::vector<std::uint8_t> bytes = age::serialize_safetensors(st);
   const age::Safetensors again =
@@ -152,13 +188,21 @@ inline Outcome safetensors_file(std::span<const std::uint8_t> data) {
   }
   require(strict_ok == all_finite, "require_finite parse disagrees with the tensors' values");
 
-  age::Safetensors::Metadata user_metadata;
+  age::Safetensors::Metadata user_metadata, file_metadata;
+  std::optional<age::EmbeddingCtrModel> model_from_file;
+  try {
+    model_from_file = age::load_model(file.path(), &file_metadata);
+  } catch (const age::Error&) {
+  }
   age::EmbeddingCtrModel model;
   try {
     model = age::model_from_safetensors(st, "fuzz input", &user_metadata);
   } catch (const age::Error&) {
+    require(!model_from_file, "load_model accepted a file that model_from_safetensors rejects");
     return Outcome::Parsed;
   }
+  require(model_from_file && detail::same_model(model, *model_from_file) && file_metadata == user_metadata,
+          "load_model and model_from_safetensors disagree on a model model_from_safetensors accepts");
   const std::vector<std::uint8_t> saved = detail::must_accept(
       "saving a loaded model", [&] { return age::serialize_safetensors(age::model_to_safetensors(model, user_metadata)); });
   const age::EmbeddingCtrModel back = detail::must_accept(
@@ -258,30 +302,45 @@ inline Outcome r6b_line(std::span<const std::uint8_t> data) {
 
 // A whole R6B file (plain or gzip), read through R6bReader from an in-memory file: with
 // skip_malformed every line is either an event or a counted skip; without it, the first
-// malformed line is a FormatError.
-inline Outcome r6b_file(std::span<const std::uint8_t> data) {
-  const int fd = ::memfd_create("age_fuzz_r6b", MFD_CLOEXEC);
-  if (fd < 0) throw std::runtime_error("memfd_create failed");
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
-  for (std::size_t off = 0; off < data.size();) {
-    const ::ssize_t n = ::write(fd, data.data() + off, data.size() - off);
-    if (n <= 0) throw std::runtime_error("write to memfd failed");
-    off += static_cast<std::size_t>(n);
-  }
-  const std::string path = "/proc/self/fd/" + std::to_string(fd);
+// malformed line is a FormatError. The events must be those of the file's lines parsed
+// one by one: of its bytes for a plain file, of what zlib's own gzread decompresses for a
+// gzip one (a file gzread cannot decompress must be refused; the reader may also refuse
+// one gzread accepts, for data after the gzip stream, which gzread drops). Lines are
+// bounded at kFuzzMaxLine bytes, so that the bound is exercised by inputs of the fuzzer's
+// sizes.
+inline constexpr std::size_t kFuzzMaxLine = 256;
 
-  // What the reader should produce for a plain (not gzip) file: the lines split at '\n'
-  // (a last line without one counts), each parsed on its own; a NUL byte stays inside
-  // its line, where the parser rejects it.
+namespace detail {
+// The file's content as zlib's gzread decompresses it, or nullopt when it reports an error.
+inline std::optional<std::string> gzread_all(const std::string& path) {
+  const gzFile f = gzopen(path.c_str(), "rb");
+  if (!f) throw std::runtime_error("gzopen failed on the memfd");
+  std::string text;
+  char buf[1 << 14];
+  int n = 0;
+  while ((n = gzread(f, buf, sizeof buf)) > 0) text.append(buf, static_cast<std::size_t>(n));
+  int err = Z_OK;
+  (void)gzerror(f, &err);
+  gzclose(f);
+  if (n < 0 || (err != Z_OK && err != Z_STREAM_END)) return std::nullopt;
+  return text;
+}
+}  // namespace detail
+
+inline Outcome r6b_file(std::span<const std::uint8_t> data) {
+  const detail::MemFile file(data);
+  const std::string& path = file.path();
+
+  // What the reader should produce: the lines of the (decompressed) text split at '\n' (a
+  // last line without one counts), each parsed on its own, one longer than kFuzzMaxLine
+  // skipped; a NUL byte stays inside its line, where the parser rejects it.
   const bool gzip = data.size() >= 2 && data[0] == 0x1f && data[1] == 0x8b;
-  const bool compare_lines = !gzip;
+  const std::optional<std::string> text =
+      gzip ? detail::gzread_all(path) : std::string(reinterpret_cast<const char*>(data.data()), data.size());
   std::vector<age::sim::R6bEvent> expected;
   std::uint64_t expected_lines = 0, expected_skipped = 0;
-  if (compare_lines) {
-    const std::string_view all(reinterpret_cast<const char*>(data.data()), data.size());
+  if (text) {
+    const std::string_view all(*text);
     std::size_t begin = 0;
     while (begin < all.size()) {
       std::size_t end = all.find('\n', begin);
@@ -289,6 +348,7 @@ inline Outcome r6b_file(std::span<const std::uint8_t> data) {
       ++expected_lines;
       age::sim::R6bEvent event;
       try {
+        if (end - begin > kFuzzMaxLine) throw age::sim::detail::LineError("too long");
         age::sim::parse_r6b_line(all.substr(begin, end - begin), event, age::sim::R6bFormat{});
         expected.push_back(event);
       } catch (const age::sim::detail::LineError&) {
@@ -302,6 +362,7 @@ inline Outcome r6b_file(std::span<const std::uint8_t> data) {
   for (bool skip : {true, false}) {
     age::sim::R6bReader::Options options;
     options.skip_malformed = skip;
+    options.max_line_bytes = kFuzzMaxLine;
     std::vector<age::sim::R6bEvent> events;
     try {
       age::sim::R6bReader reader(path, options);
@@ -311,14 +372,13 @@ inline Outcome r6b_file(std::span<const std::uint8_t> data) {
         events.push_back(event);
         outcome = Outcome::Parsed;
       }
+      require(text.has_value(), "the reader accepted a gzip file that zlib's gzread cannot decompress");
       if (skip) {
         require(reader.events() + reader.skipped() == reader.line_number(), "events + skipped lines != lines read");
-        if (compare_lines) {
-          require(reader.line_number() == expected_lines, "reader counted " + std::to_string(reader.line_number()) +
-                                                              " lines, the file has " + std::to_string(expected_lines));
-          require(reader.skipped() == expected_skipped && events == expected,
-                  "reader's events differ from parsing the file's lines one by one");
-        }
+        require(reader.line_number() == expected_lines, "reader counted " + std::to_string(reader.line_number()) +
+                                                            " lines, the file has " + std::to_string(expected_lines));
+        require(reader.skipped() == expected_skipped && events == expected,
+                "reader's events differ from parsing the file's lines one by one");
       }
     } catch (const age::Error&) {
       require(!skip || gzip, "a plain file with skip_malformed threw");

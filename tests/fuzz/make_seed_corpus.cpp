@@ -7,6 +7,7 @@
 // (tiny_model.safetensors is the io golden file, copied in by hand.)
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -125,6 +126,30 @@ void safetensors_seeds(const fs::path& dir, const fs::path& parts_dir) {
   write(dir / "metadata_number.safetensors", assemble(R"({"__metadata__":{"k":1}})", {}));
   write(dir / "shape_overflow.safetensors",
         assemble(R"({"a":{"dtype":"F64","shape":[4294967296,4294967296],"data_offsets":[0,0]}})", {}));
+
+  // Valid JSON, then a NUL byte and more JSON inside the declared header length.
+  const Bytes plain = serialize_safetensors(model_to_safetensors(model));
+  std::uint64_t header_len = 0;
+  for (int i = 0; i < 8; ++i) header_len |= static_cast<std::uint64_t>(plain[static_cast<std::size_t>(i)]) << (8 * i);
+  std::string header(plain.begin() + 8, plain.begin() + 8 + static_cast<std::ptrdiff_t>(header_len));
+  while (!header.empty() && header.back() == ' ') header.pop_back();
+  header += '\0';
+  header += R"({"x":1})";
+  write(dir / "nul_after_header.safetensors",
+        assemble(header, Bytes(plain.begin() + 8 + static_cast<std::ptrdiff_t>(header_len), plain.end())));
+  // A finite but huge weight (1e30): parses, refused as a model.
+  age::Safetensors huge;
+  const age::Safetensors plain_st = model_to_safetensors(model);
+  huge.metadata() = plain_st.metadata();
+  for (const std::string& name : plain_st.names()) {
+    age::TensorData t = plain_st.at(name);
+    if (name == "tower.0.weight") {
+      const float big = 1e30f;
+      std::memcpy(t.bytes.data(), &big, sizeof big);
+    }
+    huge.add(name, std::move(t));
+  }
+  write(dir / "huge_weight.safetensors", serialize_safetensors(huge));
 }
 
 void config_seeds(const fs::path& dir) {
@@ -140,9 +165,32 @@ void config_seeds(const fs::path& dir) {
         std::string(R"({"format":"age.embedding_ctr","version":1,"fields":[{"name":"i","side":"item","kind":"categorical","dim":1,"rows":2},{"name":"i","side":"item","kind":"dense","dim":1}],"hidden":[4]})"));
   write(dir / "no_item.json",
         std::string(R"({"format":"age.embedding_ctr","version":1,"fields":[{"name":"u","side":"user","kind":"dense","dim":1}],"hidden":[1]})"));
+  std::string nul = R"({"format":"age.embedding_ctr","version":1,"fields":[{"name":"i","side":"item","kind":"dense","dim":1}],"hidden":[]})";
+  nul += '\0';
+  nul += R"({"hidden":[1]})";
+  write(dir / "nul_then_garbage.json", nul);
   write(dir / "huge_dim.json",
         std::string(R"({"format":"age.embedding_ctr","version":1,"fields":[{"name":"i","side":"item","kind":"multi_hot","dim":2147483647,"rows":2147483647,"pooling":"sum"}],"hidden":[0]})"));
 }
+
+#ifdef AGE_FUZZ_WITH_ZLIB
+// `text` as one gzip member (no file name, time 0).
+std::string gzip_member(const std::string& text) {
+  z_stream zs{};
+  if (deflateInit2(&zs, 9, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+    throw std::runtime_error("deflateInit2 failed");
+  std::string out(deflateBound(&zs, static_cast<uLong>(text.size())), '\0');
+  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(text.data()));
+  zs.avail_in = static_cast<uInt>(text.size());
+  zs.next_out = reinterpret_cast<Bytef*>(out.data());
+  zs.avail_out = static_cast<uInt>(out.size());
+  const int rc = deflate(&zs, Z_FINISH);
+  out.resize(zs.total_out);
+  deflateEnd(&zs);
+  if (rc != Z_STREAM_END) throw std::runtime_error("deflate failed");
+  return out;
+}
+#endif
 
 void r6b_seeds(const fs::path& line_dir, const fs::path& file_dir) {
   const std::string valid = "1317513292 id-552077 0 |user 1 7 11 37 13 |id-552077 |id-555224 |id-555528";
@@ -180,6 +228,10 @@ void r6b_seeds(const fs::path& line_dir, const fs::path& file_dir) {
     gz.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
   }
   write(file_dir / "gzip_truncated.gz", Bytes(gz.begin(), gz.begin() + static_cast<std::ptrdiff_t>(gz.size() / 2)));
+  // Lines after the end of the gzip stream (an error, not silently dropped); two members.
+  const std::string first = gzip_member("1 id-1 0 |user 1 |id-1\n2 id-2 1 |user 2 |id-1 |id-2\n");
+  write(file_dir / "gzip_trailing_text.gz", first + "3 id-3 0 |user 3 |id-3\n");
+  write(file_dir / "gzip_two_members.gz", first + gzip_member("5 id-5 1 |user 5 |id-5\n"));
 #endif
 }
 

@@ -629,16 +629,16 @@ TEST_CASE("baselines reject invalid configurations with ConfigError", "[baseline
   CHECK_THROWS_AS(EnsembleUcb<Tower>(std::span<const Tower>(one)), ConfigError);
   const std::vector<Tower> two{make_tower(8), make_tower(9)};
   CHECK_THROWS_WITH(EnsembleUcb(two, {.scale = -1.0}),
-                    Catch::Contains("EnsembleUcb.scale: expected a finite value >= 0, got -1"));
+                    Catch::Contains("EnsembleUcb.scale: expected a value in [0, 1e+12], got -1"));
   CHECK_THROWS_AS(EnsembleTs<Tower>(std::vector<const Tower*>{&t, nullptr}), ConfigError);
   const Tower wider = make_tower(10, 4, 7);
   CHECK_THROWS_WITH(EnsembleTs<Tower>(std::vector<const Tower*>{&t, &wider}),
                     Catch::Contains("EnsembleTs.members[1] item_dim: expected 6, got 7"));
 
   CHECK_THROWS_WITH(GradientTs(t, {.lambda = 0.0}),
-                    Catch::Contains("GradientTs.lambda: expected a finite value > 0, got 0"));
+                    Catch::Contains("GradientTs.lambda: expected a value in (0, 1e+12], got 0"));
   CHECK_THROWS_WITH(GradientUcb(t, {.nu = -2.0}),
-                    Catch::Contains("GradientUcb.nu: expected a finite value > 0, got -2"));
+                    Catch::Contains("GradientUcb.nu: expected a value in (0, 1e+12], got -2"));
 
   GradientTs ts(t);
   Rng rng(20);

@@ -1,6 +1,7 @@
 // Crash-safe saving: whatever happens to a save part-way (the process is killed, the disk
 // fills up at any byte, several savers race), the file at the target path is always one
-// complete version, loadable and byte-identical to what was saved.
+// complete version, loadable and byte-identical to what was saved; and any valid target
+// name can be saved, keeping the permissions of the file it replaces.
 #include <catch2/catch.hpp>
 
 #ifdef AGE_HAVE_IO
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -288,6 +290,62 @@ TEST_CASE("racing savers and a reader: every load sees one complete version", "[
   const Bytes final_bytes = read_file_bytes(target);
   CHECK((final_bytes == versions[1] || final_bytes == versions[2]));
   CHECK(entries(dir) == std::vector<fs::path>{"model.safetensors"});
+}
+
+namespace {
+mode_t mode_of(const fs::path& p) {
+  struct stat st {};
+  REQUIRE(::stat(p.c_str(), &st) == 0);
+  return st.st_mode & 07777;
+}
+}  // namespace
+
+TEST_CASE("a model of 250-byte (and 255-byte) file name saves: the temporary name is cut to fit", "[crash-safe]") {
+  const fs::path dir = scratch_dir("long_name");
+  const EmbeddingCtrModel model = small_model(1);
+  for (const std::size_t length : {std::size_t{250}, std::size_t{255}}) {
+    const std::string name = std::string(length - 12, 'm') + ".safetensors";
+    REQUIRE(name.size() == length);
+    save_model(dir / name, model);
+    CHECK(entries(dir) == std::vector<fs::path>{name});
+    CHECK(load_model(dir / name).layout() == model.layout());
+    save_model(dir / name, small_model(9));  // over an existing file too
+    CHECK(entries(dir) == std::vector<fs::path>{name});
+    fs::remove(dir / name);
+  }
+  // The cut keeps whole UTF-8 characters and the name limit.
+  std::string multibyte;
+  for (int i = 0; i < 84; ++i) multibyte += "\xC3\xA9";  // 168 bytes of é
+  const std::string temp = detail::temp_file_name(multibyte + std::string(80, 'x'), ".tmp.1234567.89", 255);
+  CHECK(temp.size() <= 255);
+  CHECK(detail::invalid_utf8_at(temp) == std::string_view::npos);
+  CHECK(temp.front() == '.');
+  CHECK_THAT(temp, Catch::EndsWith(".tmp.1234567.89"));
+  CHECK(detail::temp_file_name("short", ".tmp.1.2", 255) == ".short.tmp.1.2");
+}
+
+TEST_CASE("saving over a file keeps its permissions (private weights stay private)", "[crash-safe]") {
+  const fs::path dir = scratch_dir("permissions");
+  const fs::path path = dir / "private.safetensors";
+  const EmbeddingCtrModel model = small_model(1);
+  const mode_t old_umask = ::umask(022);
+  save_model(path, model);
+  CHECK(mode_of(path) == 0644);  // a new file: 0666 less the umask
+
+  for (const mode_t mode : {mode_t{0600}, mode_t{0640}, mode_t{0444}, mode_t{0660}}) {
+    REQUIRE(::chmod(path.c_str(), mode) == 0);
+    save_model(path, small_model(static_cast<std::uint64_t>(mode)));
+    CHECK(mode_of(path) == mode);
+    save_tower(path, model.tower());
+    CHECK(mode_of(path) == mode);
+  }
+  // A umask stricter than the file's mode does not narrow it either.
+  REQUIRE(::chmod(path.c_str(), 0664) == 0);
+  ::umask(077);
+  save_model(path, model);
+  CHECK(mode_of(path) == 0664);
+  ::umask(old_umask);
+  CHECK(entries(dir) == std::vector<fs::path>{"private.safetensors"});
 }
 
 #else

@@ -71,9 +71,11 @@ TEST_CASE("fuzz regression: safetensors weight files", "[fuzz-regression]") {
   CHECK(outcomes.at("model_with_dgu.safetensors") == Outcome::Loaded);
   CHECK(outcomes.at("dtypes.safetensors") == Outcome::Parsed);
   CHECK(outcomes.at("nonfinite.safetensors") == Outcome::Parsed);
+  CHECK(outcomes.at("huge_weight.safetensors") == Outcome::Parsed);  // refused as a model (1e30 weight)
   for (const char* bad : {"truncated.safetensors", "huge_length.safetensors", "duplicate_key.safetensors",
                           "gap.safetensors", "overlap.safetensors", "int_dtype.safetensors", "not_object.safetensors",
-                          "deep.safetensors", "metadata_number.safetensors", "shape_overflow.safetensors"}) {
+                          "deep.safetensors", "metadata_number.safetensors", "shape_overflow.safetensors",
+                          "nul_after_header.safetensors"}) {
     INFO(bad);
     CHECK(outcomes.at(bad) == Outcome::Rejected);
   }
@@ -92,7 +94,8 @@ TEST_CASE("fuzz regression: model config JSON", "[fuzz-regression]") {
   REQUIRE(outcomes.size() >= 5);
   CHECK(outcomes.at("mixed.json") == Outcome::Loaded);
   CHECK(outcomes.at("minimal.json") == Outcome::Loaded);
-  for (const char* bad : {"wrong_version.json", "dense_with_rows.json", "duplicate_field.json", "no_item.json"}) {
+  for (const char* bad : {"wrong_version.json", "dense_with_rows.json", "duplicate_field.json", "no_item.json",
+                          "nul_then_garbage.json"}) {
     INFO(bad);
     CHECK(outcomes.at(bad) == Outcome::Rejected);
   }
@@ -117,6 +120,8 @@ TEST_CASE("fuzz regression: R6B log files", "[fuzz-regression]") {
   const auto outcomes = replay("r6b_file", age_fuzz::r6b_file);
   REQUIRE(outcomes.size() >= 4);
   CHECK(outcomes.at("plain.txt") == Outcome::Parsed);
+  CHECK(outcomes.at("gzip_two_members.gz") == Outcome::Parsed);
+  CHECK(outcomes.at("gzip_trailing_text.gz") == Outcome::Parsed);  // its member's lines, then a FormatError
   CHECK(count(outcomes, Outcome::Parsed) >= 3);
 }
 #else

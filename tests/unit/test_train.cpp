@@ -161,15 +161,15 @@ TEST_CASE("AUC is rank-based and counts ties as one half", "[train]") {
 }
 
 TEST_CASE("optimizer settings are validated with messages naming the setting", "[train]") {
-  CHECK_THROWS_WITH(Adam{.lr = 0.0}.validate(), "adam: lr: expected a value > 0, got 0.000000");
+  CHECK_THROWS_WITH(Adam{.lr = 0.0}.validate(), "adam: lr: expected a value in (0, 1e+12], got 0");
   CHECK_THROWS_WITH(Adam{.beta1 = 1.0}.validate(), "adam: beta1: expected a value in [0, 1), got 1.000000");
   CHECK_THROWS_AS(Adam{.beta2 = -0.1}.validate(), ConfigError);
-  CHECK_THROWS_WITH(Adam{.eps = 0.0}.validate(), Catch::Contains("adam: eps: expected a value > 0"));
+  CHECK_THROWS_WITH(Adam{.eps = 0.0}.validate(), Catch::Contains("adam: eps: expected a value in (0, "));
   CHECK_THROWS_AS(Adam{.lr = std::numeric_limits<double>::quiet_NaN()}.validate(), ConfigError);
-  CHECK_THROWS_WITH(Sgd{.lr = -1.0}.validate(), Catch::Contains("sgd: lr: expected a value > 0"));
+  CHECK_THROWS_WITH(Sgd{.lr = -1.0}.validate(), Catch::Contains("sgd: lr: expected a value in (0, "));
   CHECK_THROWS_WITH(Sgd{.momentum = 1.0}.validate(), Catch::Contains("sgd: momentum: expected a value in [0, 1)"));
-  CHECK_THROWS_WITH(Adagrad{.lr_decay = -1.0}.validate(), Catch::Contains("adagrad: lr_decay: expected a value >= 0"));
-  CHECK_THROWS_WITH(Adagrad{.eps = -1.0}.validate(), Catch::Contains("adagrad: eps: expected a value > 0"));
+  CHECK_THROWS_WITH(Adagrad{.lr_decay = -1.0}.validate(), Catch::Contains("adagrad: lr_decay: expected a value in [0, "));
+  CHECK_THROWS_WITH(Adagrad{.eps = -1.0}.validate(), Catch::Contains("adagrad: eps: expected a value in (0, "));
   CHECK_NOTHROW(Adam{}.validate());
   CHECK_NOTHROW(Sgd{}.validate());
   CHECK_NOTHROW(Adagrad{}.validate());

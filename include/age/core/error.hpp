@@ -64,5 +64,26 @@ inline void require_index(std::string_view what, std::size_t index, std::size_t 
                      std::to_string(index));
 }
 
+// Rethrows the age::Error being handled as the same type with `prefix` in front of its
+// message (e.g. the file a save was for); call only inside a catch block. Anything else
+// propagates unchanged.
+[[noreturn]] inline void rethrow_with_prefix(const std::string& prefix) {
+  try {
+    throw;
+  } catch (const DimensionError& e) {
+    throw DimensionError(prefix + e.what());
+  } catch (const ConfigError& e) {
+    throw ConfigError(prefix + e.what());
+  } catch (const InputError& e) {
+    throw InputError(prefix + e.what());
+  } catch (const FormatError& e) {
+    throw FormatError(prefix + e.what());
+  } catch (const IoError& e) {
+    throw IoError(prefix + e.what());
+  } catch (const Error& e) {
+    throw Error(prefix + e.what());
+  }
+}
+
 }  // namespace detail
 }  // namespace age

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <string_view>
 
@@ -21,7 +22,31 @@ inline constexpr std::uint64_t kMaxTensorElements = std::uint64_t{1} << 32;
 // room while refusing a request whose size is garbage before anything is sized for it.
 inline constexpr Index kDefaultMaxCandidates = 100000;
 
+// Largest value accepted for a scale-like setting: lambda', the PGD step scale, the noise
+// and bonus scales, learning rates, initialisation spreads, finite-difference steps. They
+// multiply float embeddings and probabilities: a value near the double maximum (a typo, a
+// garbage double such as 1e300) is refused where it is set (ConfigError) rather than
+// found later as inf or NaN scores, while every value a study may probe passes (lambda'
+// calibration grids reach 1e7; lambda' is in the embeddings' units). Results that still
+// overflow are caught by the scorers' finite check (ScoredRequest::check_finite).
+inline constexpr double kMaxSettingScale = 1e12;
+
 namespace detail {
+
+// A setting's value for a message ("1e+300", "-1", "nan").
+inline std::string setting_number(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+// ConfigError "<what>: expected a value in [0, 1e+12] (or (0, 1e+12]), got <value>" unless
+// 0 <= value <= kMaxSettingScale (value > 0 when `positive`). NaN fails both comparisons.
+inline void check_scale(std::string_view what, double value, bool positive) {
+  if ((positive ? value > 0.0 : value >= 0.0) && value <= kMaxSettingScale) return;
+  throw ConfigError(std::string(what) + ": expected a value in " + (positive ? "(0, " : "[0, ") +
+                    setting_number(kMaxSettingScale) + "], got " + setting_number(value));
+}
 
 // ConfigError unless a rows x cols tensor stays within kMaxTensorElements (and so within
 // Index and size_t arithmetic). `what` names the tensor.

@@ -99,6 +99,9 @@ class DguGate {
 
   void validate() const {
     if (!dgu_) throw ConfigError("DguGate: tower: expected a trained Tower(0, item_dim, {hidden}), got none");
+    if (dgu_->empty())  // checked on every request too: the tower may be moved from later
+      throw ConfigError("DguGate: tower: expected a trained Tower(0, item_dim, {hidden}), got an empty one "
+                        "(default-constructed or moved from)");
     detail::require_dim("DguGate: tower user_dim (it reads item embeddings only)", 0, dgu_->user_dim());
   }
   template <CtrModel M>

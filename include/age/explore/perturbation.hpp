@@ -30,6 +30,7 @@
 #include <string>
 
 #include "age/core/error.hpp"
+#include "age/core/limits.hpp"
 #include "age/core/rng.hpp"
 #include "age/core/scratch.hpp"
 #include "age/core/types.hpp"
@@ -64,8 +65,7 @@ struct MoveWorkspace {
 namespace detail {
 
 inline void check_lambda(const char* policy, double lambda) {
-  if (!(lambda >= 0.0 && std::isfinite(lambda)))
-    throw ConfigError(std::string(policy) + ".lambda: expected a finite value >= 0, got " + std::to_string(lambda));
+  check_scale(std::string(policy) + ".lambda", lambda, /*positive=*/false);
 }
 
 // Sizes the move workspace for up to n candidates of `engine`.
@@ -233,8 +233,7 @@ struct Pgd {
   void validate() const {
     detail::check_lambda("Pgd", lambda);
     if (steps == 0) throw ConfigError("Pgd.steps: expected >= 1, got 0");
-    if (!(step_scale > 0.0 && std::isfinite(step_scale)))
-      throw ConfigError("Pgd.step_scale: expected a finite value > 0, got " + std::to_string(step_scale));
+    detail::check_scale("Pgd.step_scale", step_scale, /*positive=*/true);
     if (!(random_start >= 0.0 && random_start <= 1.0))
       throw ConfigError("Pgd.random_start: expected a value in [0, 1], got " + std::to_string(random_start));
   }

@@ -124,6 +124,12 @@ struct ScoredRequest {
     for (Index i = 0; i < n; ++i) keys[i] &= 0xffffffffu;
   }
 
+  // Ok when every score is finite (base, delta and explored: an O(N) pass over each);
+  // else an InputError status naming the first non-finite one. Every policy checks its
+  // result with it, so that a score that overflowed float (weights or embeddings of
+  // absurd size) is an error, never a NaN ranked as if it were a score. No allocation.
+  Status check_finite() const noexcept;
+
   // The k best candidates (all of them when k >= N).
   std::span<const Index> top_k(std::size_t k) const {
     return std::span<const Index>(ranking).first(std::min(k, ranking.size()));
@@ -231,12 +237,41 @@ inline Status check_request(const Request& request, Index user_dim, Index item_d
   return Status();
 }
 
+// Whether every entry of a row of scores is finite: all_finite() over it as one column.
+inline bool all_finite_row(const RowVector& v) noexcept {
+  return all_finite(Eigen::Map<const Matrix>(v.data(), v.size(), 1));
+}
+
 // check_request() as an exception (DimensionError, InputError).
 inline void require_request(const Request& request, Index user_dim, Index item_dim, Index max_candidates) {
   const Status s = check_request(request, user_dim, item_dim, max_candidates);
   if (!s.ok()) s.raise();
 }
 
+}  // namespace detail
+
+inline Status ScoredRequest::check_finite() const noexcept {
+  const RowVector* parts[] = {&base, &delta, &explored};
+  const char* names[] = {"base", "delta", "explored"};
+  for (int p = 0; p < 3; ++p) {
+    const RowVector& v = *parts[p];
+    if (detail::all_finite_row(v)) continue;
+    Index i = 0;
+    while (i + 1 < v.size() && std::isfinite(v[i])) ++i;
+    return Status::format(StatusCode::input,
+                          "scores: %s[%lld]: expected a finite value, got %g (the model's weights, the request's "
+                          "embeddings or a setting are so large that float overflows)",
+                          names[p], static_cast<long long>(i), static_cast<double>(v[i]));
+  }
+  return Status();
+}
+
+namespace detail {
+// check_finite() as an exception (InputError).
+inline void require_finite_scores(const ScoredRequest& out) {
+  const Status s = out.check_finite();
+  if (!s.ok()) s.raise();
+}
 }  // namespace detail
 
 // The non-throwing form of policy.score() for any Explorer: the status of the exception

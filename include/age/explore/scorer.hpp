@@ -17,17 +17,21 @@
 //   ScoredRequest out;
 //   scorer.score(Request{user, items, request_id}, out, ws);
 //
-// Validation: every request is checked first (check_request: 1 to max_candidates()
-// candidates, default kDefaultMaxCandidates = 100000; item_dim / user_dim rows; finite
-// embeddings, in one pass), and score() throws InputError or DimensionError naming the
-// field and the actual value. try_score() is the non-throwing form, for services that do
-// not use exceptions on the scoring path: it returns an age::Status (code + message in a
-// fixed buffer) and allocates nothing more than score() does:
+// Validation: every request is checked first (check_request: a usable model, 1 to
+// max_candidates() candidates, default kDefaultMaxCandidates = 100000; item_dim / user_dim
+// rows; finite embeddings, in one pass), and score() throws InputError or DimensionError
+// naming the field and the actual value (ConfigError for an empty model: default-
+// constructed or moved from). The scores are checked last: a base, delta or explored
+// score that is not finite (float overflowed in the model) is an InputError naming the
+// candidate, never a NaN returned as a score. try_score() is the non-throwing form, for
+// services that do not use exceptions on the scoring path: it returns an age::Status
+// (code + message in a fixed buffer) and allocates nothing more than score() does:
 //   if (Status s = scorer.try_score(request, out, ws); !s.ok()) log(s.message());
 //
 // Thread safety and reproducibility: the scorer keeps a const pointer to the model (which
 // must outlive it) and never changes after construction, so one scorer serves many
-// threads, each with its own Workspace. All randomness of a request comes from Rngs seeded
+// threads, each with its own Workspace (a Workspace shared by two calls at once is caught
+// by an assertion in debug builds, age/core/workspace_use.hpp). All randomness of a request comes from Rngs seeded
 // by (scorer seed, request id): the same request scores identically every time, on every
 // thread, in any order. With the library's model and policies on the request-pass engine,
 // scoring allocates nothing once warmed up on the largest N, whatever the number of open
@@ -56,6 +60,7 @@
 #include "age/core/status.hpp"
 #include "age/core/types.hpp"
 #include "age/core/scratch.hpp"
+#include "age/core/workspace_use.hpp"
 #include "age/explore/engine.hpp"
 #include "age/explore/gate.hpp"
 #include "age/explore/perturbation.hpp"
@@ -90,11 +95,13 @@ class AgeScorer : public CandidateLimit {
     typename Gate::Workspace gate;
     std::vector<Index> open;
     RowVector base, delta, explored;
+    detail::WorkspaceMark in_use;  // debug builds: one call at a time
   };
 
-  // Validates every policy (ConfigError: lambda' < 0, p outside [0, 1), PGD steps = 0,
-  // UCB samples = 0, a DGU gate without a tower, a move of the user part on an engine
-  // that moves the item part only, ...).
+  // Validates the model and every policy (ConfigError: an empty model, lambda' outside
+  // [0, kMaxSettingScale], p outside [0, 1), PGD steps = 0, UCB samples = 0, a DGU gate
+  // without a tower, a move of the user part on an engine that moves the item part only,
+  // ...).
   explicit AgeScorer(const Model& model, Gate gate = Gate(), Uncertainty uncertainty = Uncertainty(),
                      Perturbation perturbation = Perturbation(), std::uint64_t seed = 0)
       : model_(&model),
@@ -102,6 +109,7 @@ class AgeScorer : public CandidateLimit {
         perturbation_(std::move(perturbation)),
         gate_(std::move(gate)),
         seed_(seed) {
+    detail::require_usable_model(model, "AgeScorer");
     uncertainty_.validate();
     perturbation_.validate();
     gate_.validate();
@@ -120,9 +128,11 @@ class AgeScorer : public CandidateLimit {
   // Scores every candidate of `request` into `out` (sized here) and ranks them. Throws
   // InputError / DimensionError for a request that check_request() rejects.
   void score(const Request& request, ScoredRequest& out, Workspace& ws) const {
+    const detail::WorkspaceUse use(ws.in_use, "AgeScorer::score");
     const Status status = check_request(request);
     if (!status.ok()) status.raise();
     score_checked(request, out, ws);
+    detail::require_finite_scores(out);
   }
 
   // score() without exceptions: the status of what score() would have thrown, or ok. A bad
@@ -130,6 +140,7 @@ class AgeScorer : public CandidateLimit {
   // try/catch. On success it allocates exactly what score() allocates (nothing once warmed
   // up, see the top of this file).
   Status try_score(const Request& request, ScoredRequest& out, Workspace& ws) const noexcept {
+    const detail::WorkspaceUse use(ws.in_use, "AgeScorer::try_score");
     Status status = check_request(request);
     if (!status.ok()) return status;
     try {
@@ -137,14 +148,17 @@ class AgeScorer : public CandidateLimit {
     } catch (...) {
       return Status::from_current_exception();
     }
-    return status;
+    return out.check_finite();
   }
 
-  // What a request must satisfy (detail::check_request, explore/request.hpp): 1 to
-  // max_candidates() candidates (default 100000), the model's item_dim and user_dim rows,
-  // 1 or N user columns, one impression count per candidate when given, and finite
-  // embeddings. O(N * d), one pass; no throw, no allocation.
+  // What a request must satisfy (detail::check_request, explore/request.hpp): a model that
+  // is not empty (moved from after the scorer was built), 1 to max_candidates() candidates
+  // (default 100000), the model's item_dim and user_dim rows, 1 or N user columns, one
+  // impression count per candidate when given, and finite embeddings. O(N * d), one pass;
+  // no throw, no allocation.
   Status check_request(const Request& request) const noexcept {
+    if (detail::is_empty_model(*model_))
+      return Status::format(StatusCode::config, "AgeScorer: model: %s", detail::kEmptyModelMessage);
     return detail::check_request(request, static_cast<Index>(model_->user_dim()),
                                  static_cast<Index>(model_->item_dim()), max_candidates());
   }

@@ -28,6 +28,7 @@
 #include <string>
 
 #include "age/core/error.hpp"
+#include "age/core/limits.hpp"
 #include "age/core/rng.hpp"
 #include "age/core/scratch.hpp"
 #include "age/core/types.hpp"
@@ -157,8 +158,7 @@ struct GaussianNoise {
 
   void validate() const {
     check_dropout_rate(rate);
-    if (!(scale >= 0.0 && std::isfinite(scale)))
-      throw ConfigError("GaussianNoise.scale: expected a finite value >= 0, got " + std::to_string(scale));
+    detail::check_scale("GaussianNoise.scale", scale, /*positive=*/false);
   }
 
   template <EvaluationEngine E>

@@ -9,6 +9,7 @@
 #include <new>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "age/core/error.hpp"
@@ -37,6 +38,18 @@ inline std::size_t hash_row(std::string_view field_name, std::uint64_t id, std::
 class EmbeddingTables {
  public:
   EmbeddingTables() = default;
+  EmbeddingTables(const EmbeddingTables&) = default;
+  EmbeddingTables& operator=(const EmbeddingTables&) = default;
+  // A moved-from object holds no layout and no tables (FeatureLayout's move empties it).
+  EmbeddingTables(EmbeddingTables&& other) noexcept
+      : layout_(std::move(other.layout_)), tables_(std::exchange(other.tables_, {})) {}
+  EmbeddingTables& operator=(EmbeddingTables&& other) noexcept {
+    if (this != &other) {
+      layout_ = std::move(other.layout_);
+      tables_ = std::exchange(other.tables_, {});
+    }
+    return *this;
+  }
   explicit EmbeddingTables(FeatureLayout layout) : layout_(std::move(layout)) {
     tables_.resize(layout_.size());
     for (std::size_t f = 0; f < layout_.size(); ++f) {
@@ -54,9 +67,7 @@ class EmbeddingTables {
   // Every row from Normal(0, stddev^2). Small stddev (<= 0.01) keeps an unseen id near the
   // model's average prediction instead of at a random score.
   void initialize_normal(Rng& rng, double stddev) {
-    if (!(stddev >= 0.0 && std::isfinite(stddev)))
-      throw ConfigError("embedding initialisation: stddev: expected a finite value >= 0, got " +
-                        std::to_string(stddev));
+    detail::check_scale("embedding initialisation: stddev", stddev, /*positive=*/false);
     for (auto& t : tables_)
       for (Index i = 0; i < t.size(); ++i) t.data()[i] = static_cast<Scalar>(rng.normal(0.0, stddev));
   }

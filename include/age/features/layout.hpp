@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "age/core/error.hpp"
@@ -48,6 +49,16 @@ struct FieldSpec {
 
 class FeatureLayout {
  public:
+  FeatureLayout() = default;
+  FeatureLayout(const FeatureLayout&) = default;
+  FeatureLayout& operator=(const FeatureLayout&) = default;
+  // A moved-from layout is an empty one (no fields, both sides 0 wide), never one whose
+  // widths outlive its fields.
+  FeatureLayout(FeatureLayout&& other) noexcept { take(other); }
+  FeatureLayout& operator=(FeatureLayout&& other) noexcept {
+    if (this != &other) take(other);
+    return *this;
+  }
   FeatureLayout& add_categorical(std::string name, Side side, std::size_t rows, std::size_t dim) {
     return add({std::move(name), side, FieldKind::Categorical, dim, rows, Pooling::Sum});
   }
@@ -119,6 +130,16 @@ class FeatureLayout {
   friend bool operator==(const FeatureLayout& a, const FeatureLayout& b) { return a.fields_ == b.fields_; }
 
  private:
+  void take(FeatureLayout& other) noexcept {
+    fields_ = std::exchange(other.fields_, {});
+    offsets_ = std::exchange(other.offsets_, {});
+    side_index_ = std::exchange(other.side_index_, {});
+    user_dim_ = std::exchange(other.user_dim_, 0);
+    item_dim_ = std::exchange(other.item_dim_, 0);
+    user_fields_ = std::exchange(other.user_fields_, 0);
+    item_fields_ = std::exchange(other.item_fields_, 0);
+  }
+
   std::vector<FieldSpec> fields_;
   std::vector<std::size_t> offsets_;
   std::vector<std::size_t> side_index_;

@@ -18,7 +18,13 @@
 //
 // Metadata keys starting with "age." are reserved; any other string -> string pairs are
 // free-form and pass through save_model/load_model unchanged (e.g. training step, data
-// date).
+// date). Names and metadata are UTF-8 (the header is JSON).
+//
+// Every parameter in a file is finite and of magnitude at most
+// SafetensorsReadOptions::max_abs_parameter (default kDefaultMaxAbsParameter = 1e6): load
+// refuses other files (FormatError), save refuses to write them (InputError). load_model
+// reads the header first and then each tensor straight into the model's memory, so its
+// peak memory is the model's own size and the header.
 //
 // Requires nlohmann_json (link the CMake target age::io); age/age.hpp does not include it.
 #pragma once
@@ -26,6 +32,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <initializer_list>
 #include <limits>
@@ -66,18 +73,71 @@ inline bool starts_with(std::string_view s, std::string_view prefix) noexcept {
   return s.substr(0, prefix.size()) == prefix;
 }
 
+// A FormatError, as a reserved tensor name is (Safetensors::add): the file format cannot
+// hold such a key as user metadata.
 inline void check_user_metadata(const Safetensors::Metadata& metadata) {
-  for (const auto& [key, value] : metadata)
+  for (const auto& [key, value] : metadata) {
+    require_utf8(key, "metadata key");
     if (starts_with(key, "age."))
-      throw ConfigError("metadata key '" + key + "': keys starting with 'age.' are reserved for the model format");
+      throw FormatError("metadata key '" + printable(key) +
+                        "': expected a key not starting with 'age.' (reserved for the model format), got one");
+    require_utf8(value, "value of metadata key '" + printable(key) + "'");
+  }
 }
 
-// Refuses to write a file that load would reject.
+inline std::string number(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+// Index of the first element that is not finite or exceeds max_abs in magnitude, or n.
+inline std::size_t first_bad_parameter(const Scalar* data, std::size_t n, double max_abs) noexcept {
+  for (std::size_t i = 0; i < n; ++i) {
+    const double v = static_cast<double>(data[i]);
+    if (!(std::abs(v) <= max_abs)) return i;  // NaN fails the comparison too
+  }
+  return n;
+}
+
+// Refuses to write a file that load would reject with its default options.
 inline void check_finite_for_save(const Scalar* data, Index size, const std::string& tensor) {
-  for (Index i = 0; i < size; ++i)
-    if (!std::isfinite(data[i]))
-      throw InputError("cannot save tensor '" + tensor + "': element " + std::to_string(i) + " is not finite (" +
-                       std::to_string(data[i]) + ")");
+  const auto n = static_cast<std::size_t>(size);
+  const std::size_t i = first_bad_parameter(data, n, kDefaultMaxAbsParameter);
+  if (i == n) return;
+  const std::string at = "cannot save tensor '" + tensor + "': element " + std::to_string(i);
+  if (!std::isfinite(data[i])) throw InputError(at + " is not finite (" + std::to_string(data[i]) + ")");
+  throw InputError(at + " = " + number(data[i]) + ": expected a magnitude <= " + number(kDefaultMaxAbsParameter) +
+                   " (load_model's max_abs_parameter)");
+}
+
+// Checks the parameters just read into memory: finite and within max_abs.
+inline void check_loaded(const Scalar* data, std::size_t n, const std::string& tensor, const std::string& where,
+                         double max_abs) {
+  const std::size_t i = first_bad_parameter(data, n, max_abs);
+  if (i == n) return;
+  const std::string at = where + ": tensor '" + tensor + "': element " + std::to_string(i);
+  if (!std::isfinite(data[i])) throw FormatError(at + " is not finite (" + std::to_string(data[i]) + ")");
+  throw FormatError(at + " = " + number(data[i]) + ": expected a magnitude <= " + number(max_abs) +
+                    " (max_abs_parameter)");
+}
+
+// A model file's tensors, read from a parsed file in memory (or, for load_model, from a
+// SafetensorsFile, which has the same four members): metadata, names in buffer order,
+// find(name) -> an entry with dtype and shape (or null), copy_f32(name, out).
+struct MemoryTensors {
+  const Safetensors& st;
+  const Safetensors::Metadata& metadata() const noexcept { return st.metadata(); }
+  const std::vector<std::string>& names() const noexcept { return st.names(); }
+  const TensorData* find(std::string_view name) const { return st.find(name); }
+  void copy_f32(std::string_view name, std::span<float> out) const { st.at(name).copy_f32(out); }
+};
+
+// ConfigError for an empty model or tower (default-constructed or moved-from).
+inline void require_usable_for_save(bool empty, const char* what) {
+  if (empty)
+    throw ConfigError(std::string("cannot save ") + what + ": expected one with a shape (constructed or loaded), " +
+                      "got an empty one (default-constructed or moved-from)");
 }
 
 // [out, in] row-major, as nn.Linear stores it.
@@ -109,22 +169,18 @@ inline std::vector<std::uint64_t> tower_weight_shape(const std::vector<std::size
   return {out, in};
 }
 
-// The tensor `name`, checked to be F32 of exactly `shape` with finite values.
-inline const TensorData& expect_f32(const Safetensors& st, const std::string& name,
-                                    const std::vector<std::uint64_t>& shape, const std::string& where,
-                                    const std::string& role) {
-  const TensorData* t = st.find(name);
+// Checks that tensor `name` is present, F32 and of exactly `shape` (its values are
+// checked once read, check_loaded).
+template <class Source>
+void expect_f32(const Source& src, const std::string& name, const std::vector<std::uint64_t>& shape,
+                const std::string& where, const std::string& role) {
+  const auto* t = src.find(name);
   if (!t) throw FormatError(where + ": missing tensor '" + name + "' (" + role + ", shape " + shape_string(shape) + ")");
   if (t->dtype != TensorDtype::F32)
     throw FormatError(where + ": tensor '" + name + "': dtype " + std::string(to_string(t->dtype)) + ", expected F32");
   if (t->shape != shape)
     throw FormatError(where + ": tensor '" + name + "': shape " + shape_string(t->shape) + ", expected " +
                       shape_string(shape) + " (" + role + ")");
-  const std::size_t bad = t->first_non_finite();
-  if (bad != t->numel())
-    throw FormatError(where + ": tensor '" + name + "': element " + std::to_string(bad) + " is not finite (" +
-                      std::to_string(t->value(bad)) + ")");
-  return *t;
 }
 
 inline std::uint64_t config_uint(const nlohmann::json& obj, const char* key, const std::string& what, bool positive) {
@@ -175,7 +231,8 @@ inline void check_version(const nlohmann::json& obj, const std::string& what) {
                       std::to_string(kModelFormatVersion) + ")");
 }
 
-inline nlohmann::json parse_config(const Safetensors& st, std::string_view key, const std::string& where) {
+template <class Source>
+nlohmann::json parse_config(const Source& st, std::string_view key, const std::string& where) {
   const auto it = st.metadata().find(std::string(key));
   if (it == st.metadata().end()) throw FormatError(where + ": missing metadata '" + std::string(key) + "'");
   // {config [fields {field}]} is as deep as the config goes.
@@ -189,7 +246,8 @@ struct TowerConfig {
   std::vector<std::size_t> hidden;
 };
 
-inline TowerConfig parse_tower_config(const Safetensors& st, std::string_view prefix, const std::string& where) {
+template <class Source>
+TowerConfig parse_tower_config(const Source& st, std::string_view prefix, const std::string& where) {
   const std::string key = std::string(kTowerConfigKeyPrefix) + std::string(prefix);
   const nlohmann::json c = parse_config(st, key, where);
   const std::string what = where + ": metadata '" + key + "'";
@@ -202,10 +260,12 @@ inline TowerConfig parse_tower_config(const Safetensors& st, std::string_view pr
   return tc;
 }
 
-// Checks every tensor of a tower against its shape and copies them into `tower` (already
-// constructed with that shape), then rejects stray "<prefix>.*" tensors.
-inline void read_tower_tensors(const Safetensors& st, std::string_view prefix, const std::vector<std::size_t>& hidden,
-                               std::size_t input_dim, Tower* tower, const std::string& where) {
+// Checks every tensor of a tower against its shape (tower null), or copies them into
+// `tower` (already constructed with that shape) and checks their values; then rejects
+// stray "<prefix>.*" tensors.
+template <class Source>
+void read_tower_tensors(const Source& st, std::string_view prefix, const std::vector<std::size_t>& hidden,
+                        std::size_t input_dim, Tower* tower, const std::string& where, double max_abs) {
   std::set<std::string> expected;
   const std::string p(prefix);
   std::optional<Tower::Edit> edit;  // the tower's tables are rebuilt once, when it ends
@@ -214,17 +274,22 @@ inline void read_tower_tensors(const Safetensors& st, std::string_view prefix, c
     const std::string wn = tensor_name(prefix, l, "weight"), bn = tensor_name(prefix, l, "bias");
     const auto wshape = tower_weight_shape(hidden, input_dim, l);
     const std::string role = "layer " + std::to_string(l) + " of tower '" + p + "'";
-    const TensorData& w = expect_f32(st, wn, wshape, where, role + ", [out, in]");
-    const TensorData& b = expect_f32(st, bn, {wshape[0]}, where, role + ", [out]");
+    expect_f32(st, wn, wshape, where, role + ", [out, in]");
+    expect_f32(st, bn, {wshape[0]}, where, role + ", [out]");
     expected.insert(wn);
     expected.insert(bn);
     if (!tower) continue;
-    // The file is row-major [out, in]: exactly an in x out column-major matrix.
+    // The file is row-major [out, in]: exactly an in x out column-major matrix, whose
+    // element k is the file's element k.
     Matrix transposed(static_cast<Index>(wshape[1]), static_cast<Index>(wshape[0]));
-    w.copy_f32(std::span<float>(transposed.data(), static_cast<std::size_t>(transposed.size())));
+    const std::span<float> w(transposed.data(), static_cast<std::size_t>(transposed.size()));
+    st.copy_f32(wn, w);
+    check_loaded(w.data(), w.size(), wn, where, max_abs);
     edit->weight(l) = transposed.transpose();
     VectorRef bias = edit->bias(l);
-    b.copy_f32(std::span<float>(bias.data(), static_cast<std::size_t>(bias.size())));
+    const std::span<float> b(bias.data(), static_cast<std::size_t>(bias.size()));
+    st.copy_f32(bn, b);
+    check_loaded(b.data(), b.size(), bn, where, max_abs);
   }
   for (const std::string& name : st.names())
     if (starts_with(name, p + ".") && !expected.count(name))
@@ -234,22 +299,26 @@ inline void read_tower_tensors(const Safetensors& st, std::string_view prefix, c
 
 inline void check_tower_prefix(std::string_view prefix) {
   if (prefix.empty()) throw ConfigError("tower prefix: must not be empty");
+  if (invalid_utf8_at(prefix) != std::string_view::npos)
+    throw ConfigError("tower prefix '" + printable(prefix) + "': expected valid UTF-8 (it names tensors), got " +
+                      "an invalid byte at offset " + std::to_string(invalid_utf8_at(prefix)));
   if (prefix == "embedding")
     throw ConfigError("tower prefix 'embedding': reserved for the model's embedding tables");
 }
 
-inline Tower read_tower_checked(const Safetensors& st, std::string_view prefix, const std::string& where) {
+template <class Source>
+Tower read_tower_checked(const Source& st, std::string_view prefix, const std::string& where, double max_abs) {
   check_tower_prefix(prefix);
   const TowerConfig tc = parse_tower_config(st, prefix, where);
   // Shapes first: the file's size bounds them, so constructing cannot allocate absurdly.
-  read_tower_tensors(st, prefix, tc.hidden, tc.user_dim + tc.item_dim, nullptr, where);
+  read_tower_tensors(st, prefix, tc.hidden, tc.user_dim + tc.item_dim, nullptr, where, max_abs);
   Tower tower;
   try {
     tower = Tower(tc.user_dim, tc.item_dim, tc.hidden);
   } catch (const ConfigError& e) {
     throw FormatError(where + ": tower '" + std::string(prefix) + "': " + e.what());
   }
-  read_tower_tensors(st, prefix, tc.hidden, tower.input_dim(), &tower, where);
+  read_tower_tensors(st, prefix, tc.hidden, tower.input_dim(), &tower, where, max_abs);
   return tower;
 }
 
@@ -259,6 +328,7 @@ inline std::string model_config_json(const EmbeddingCtrModel& model) {
   c["version"] = kModelFormatVersion;
   nlohmann::ordered_json fields = nlohmann::ordered_json::array();
   for (const FieldSpec& f : model.layout().fields()) {
+    require_utf8(f.name, "field name");  // it becomes a JSON string and a tensor name
     nlohmann::ordered_json j = nlohmann::ordered_json::object();
     j["name"] = f.name;
     j["side"] = std::string(to_string(f.side));
@@ -278,7 +348,8 @@ struct ModelConfig {
   std::vector<std::size_t> hidden;
 };
 
-inline ModelConfig parse_model_config(const Safetensors& st, const std::string& where) {
+template <class Source>
+ModelConfig parse_model_config(const Source& st, const std::string& where) {
   const nlohmann::json c = parse_config(st, kModelConfigKey, where);
   const std::string what = where + ": metadata '" + std::string(kModelConfigKey) + "'";
   config_only_keys(c, {"format", "version", "fields", "hidden"}, what);
@@ -337,10 +408,11 @@ inline ModelConfig parse_model_config(const Safetensors& st, const std::string& 
 
 // Appends a tower's tensors "<prefix>.<l>.weight" ([out, in]) and "<prefix>.<l>.bias", and
 // its shape as metadata "age.tower.<prefix>". Throws ConfigError for an empty or reserved
-// prefix, FormatError when a name is taken (nothing is added then), InputError for a
-// non-finite parameter.
+// prefix, or an empty tower (default-constructed or moved-from), FormatError when a name
+// is taken (nothing is added then), InputError for a parameter load would refuse.
 inline void add_tower(Safetensors& st, std::string_view prefix, const Tower& tower) {
   detail::check_tower_prefix(prefix);
+  detail::require_usable_for_save(tower.empty(), "tower");
   const std::string key = std::string(kTowerConfigKeyPrefix) + std::string(prefix);
   if (st.metadata().count(key)) throw FormatError("tower '" + std::string(prefix) + "': added twice");
   auto tensors = detail::tower_tensors(prefix, tower);
@@ -356,15 +428,19 @@ inline void add_tower(Safetensors& st, std::string_view prefix, const Tower& tow
 }
 
 // The tower stored under `prefix` by add_tower(), with every tensor validated (present,
-// F32, shape, finite, no stray "<prefix>.*" tensor). `source` names the file in errors.
-inline Tower read_tower(const Safetensors& st, std::string_view prefix, std::string_view source = "safetensors buffer") {
-  return detail::read_tower_checked(st, prefix, std::string(source));
+// F32, shape, finite and within max_abs_parameter, no stray "<prefix>.*" tensor). `source`
+// names the file in errors.
+inline Tower read_tower(const Safetensors& st, std::string_view prefix, std::string_view source = "safetensors buffer",
+                        double max_abs_parameter = kDefaultMaxAbsParameter) {
+  return detail::read_tower_checked(detail::MemoryTensors{st}, prefix, std::string(source), max_abs_parameter);
 }
 
 // The file form of a model (see the top of this header). `metadata`: free-form pairs
-// stored alongside; ConfigError for a key starting with "age.". InputError for a
-// non-finite parameter (load would reject the file).
+// stored alongside; FormatError for a key starting with "age." or a string that is not
+// UTF-8. InputError for a parameter that load would refuse (not finite, or of magnitude
+// above kDefaultMaxAbsParameter), ConfigError for an empty model.
 inline Safetensors model_to_safetensors(const EmbeddingCtrModel& model, const Safetensors::Metadata& metadata = {}) {
+  detail::require_usable_for_save(model.empty(), "model");
   detail::check_user_metadata(metadata);
   Safetensors st;
   st.metadata() = metadata;
@@ -384,26 +460,25 @@ inline Safetensors model_to_safetensors(const EmbeddingCtrModel& model, const Sa
   return st;
 }
 
-// Rebuilds a model from its file form. Everything is validated: the config, every
-// expected tensor (present, F32, shape, finite), no tensor that is neither the model's nor
-// a declared tower's ("age.tower.<prefix>", each validated too), no unknown "age.*"
-// metadata. `metadata`, when given, receives the free-form (non-"age.") pairs.
-inline EmbeddingCtrModel model_from_safetensors(const Safetensors& st, std::string_view source = "safetensors buffer",
-                                                Safetensors::Metadata* metadata = nullptr) {
-  const std::string where(source);
-  detail::ModelConfig mc = detail::parse_model_config(st, where);
+namespace detail {
+
+// model_from_safetensors over either source of tensors (MemoryTensors, SafetensorsFile).
+template <class Source>
+EmbeddingCtrModel model_from(const Source& st, const std::string& where, Safetensors::Metadata* metadata,
+                             double max_abs) {
+  ModelConfig mc = parse_model_config(st, where);
 
   std::set<std::string> known;
   for (const auto& [key, value] : st.metadata()) {
-    if (!detail::starts_with(key, "age.") || key == kModelConfigKey) continue;
-    if (!detail::starts_with(key, kTowerConfigKeyPrefix))
+    if (!starts_with(key, "age.") || key == kModelConfigKey) continue;
+    if (!starts_with(key, kTowerConfigKeyPrefix))
       throw FormatError(where + ": unknown reserved metadata key '" + key + "'");
     const std::string prefix = key.substr(kTowerConfigKeyPrefix.size());
     if (prefix == "tower") throw FormatError(where + ": metadata '" + key + "' clashes with the model's own tower");
-    const Tower extra = detail::read_tower_checked(st, prefix, where);
+    const Tower extra = read_tower_checked(st, prefix, where, max_abs);
     for (std::size_t l = 0; l < extra.num_layers(); ++l) {
-      known.insert(detail::tensor_name(prefix, l, "weight"));
-      known.insert(detail::tensor_name(prefix, l, "bias"));
+      known.insert(tensor_name(prefix, l, "weight"));
+      known.insert(tensor_name(prefix, l, "bias"));
     }
   }
 
@@ -413,13 +488,13 @@ inline EmbeddingCtrModel model_from_safetensors(const Safetensors& st, std::stri
     const FieldSpec& spec = layout.field(f);
     if (!spec.has_table()) continue;
     const std::string name = "embedding." + spec.name;
-    detail::expect_f32(st, name, {spec.rows, spec.dim}, where, "table of field '" + spec.name + "', [rows, dim]");
+    expect_f32(st, name, {spec.rows, spec.dim}, where, "table of field '" + spec.name + "', [rows, dim]");
     known.insert(name);
   }
-  detail::read_tower_tensors(st, "tower", mc.hidden, layout.input_dim(), nullptr, where);
+  read_tower_tensors(st, "tower", mc.hidden, layout.input_dim(), nullptr, where, max_abs);
   for (std::size_t l = 0; l <= mc.hidden.size(); ++l) {
-    known.insert(detail::tensor_name("tower", l, "weight"));
-    known.insert(detail::tensor_name("tower", l, "bias"));
+    known.insert(tensor_name("tower", l, "weight"));
+    known.insert(tensor_name("tower", l, "bias"));
   }
   for (const std::string& name : st.names())
     if (!known.count(name)) throw FormatError(where + ": unknown tensor '" + name + "' (not part of the model's config)");
@@ -432,47 +507,81 @@ inline EmbeddingCtrModel model_from_safetensors(const Safetensors& st, std::stri
   }
   for (std::size_t f = 0; f < layout.size(); ++f) {
     if (!layout.field(f).has_table()) continue;
+    const std::string name = "embedding." + layout.field(f).name;
     Matrix& table = model.tables().table(f);
-    st.at("embedding." + layout.field(f).name)
-        .copy_f32(std::span<float>(table.data(), static_cast<std::size_t>(table.size())));
+    // [rows, dim] row-major is the dim x rows column-major table: read in place.
+    const std::span<float> values(table.data(), static_cast<std::size_t>(table.size()));
+    st.copy_f32(name, values);
+    check_loaded(values.data(), values.size(), name, where, max_abs);
   }
-  detail::read_tower_tensors(st, "tower", mc.hidden, layout.input_dim(), &model.tower(), where);
+  read_tower_tensors(st, "tower", mc.hidden, layout.input_dim(), &model.tower(), where, max_abs);
 
   if (metadata) {
     metadata->clear();
     for (const auto& [key, value] : st.metadata())
-      if (!detail::starts_with(key, "age.")) metadata->emplace(key, value);
+      if (!starts_with(key, "age.")) metadata->emplace(key, value);
   }
   return model;
 }
 
-// Writes the model atomically (a failed save leaves the previous file untouched).
-inline void save_model(const std::filesystem::path& path, const EmbeddingCtrModel& model,
-                       const Safetensors::Metadata& metadata = {}) {
-  write_safetensors(path, model_to_safetensors(model, metadata));
+}  // namespace detail
+
+// Rebuilds a model from its file form. Everything is validated: the config, every
+// expected tensor (present, F32, shape, finite, within max_abs_parameter), no tensor that
+// is neither the model's nor a declared tower's ("age.tower.<prefix>", each validated too),
+// no unknown "age.*" metadata. `metadata`, when given, receives the free-form (non-"age.")
+// pairs.
+inline EmbeddingCtrModel model_from_safetensors(const Safetensors& st, std::string_view source = "safetensors buffer",
+                                                Safetensors::Metadata* metadata = nullptr,
+                                                double max_abs_parameter = kDefaultMaxAbsParameter) {
+  return detail::model_from(detail::MemoryTensors{st}, std::string(source), metadata, max_abs_parameter);
 }
 
-// `options` bound the file (max_file_bytes, default 4 GiB, checked before reading; the
-// header length) and may require finite values in every tensor.
+// Writes the model atomically (a failed save leaves the previous file untouched). Every
+// error names the file.
+inline void save_model(const std::filesystem::path& path, const EmbeddingCtrModel& model,
+                       const Safetensors::Metadata& metadata = {}) {
+  std::vector<std::uint8_t> bytes;
+  try {
+    bytes = serialize_safetensors(model_to_safetensors(model, metadata));
+  } catch (const Error&) {
+    detail::rethrow_with_prefix("cannot save '" + path.string() + "': ");
+  }
+  write_file_atomic(path, bytes);
+}
+
+// The model in the file at `path`, validated as model_from_safetensors does. The file
+// must be a regular file (IoError otherwise, never a wait on a FIFO); `options` bound it
+// (max_file_bytes, default 4 GiB, and the header length, both checked before anything is
+// read or allocated for them; max_abs_parameter). The header is read first and each tensor
+// straight into the model's memory: peak memory is the model's own size, not the file's
+// twice.
 inline EmbeddingCtrModel load_model(const std::filesystem::path& path, Safetensors::Metadata* metadata = nullptr,
                                     const SafetensorsReadOptions& options = {}) {
-  return model_from_safetensors(read_safetensors(path, options), "safetensors file '" + path.string() + "'",
-                                metadata);
+  const SafetensorsFile file(path, options);
+  return detail::model_from(file, file.where(), metadata, options.max_abs_parameter);
 }
 
 // A file holding one tower (e.g. the DGU gate's, user_dim 0) under `prefix`.
 inline void save_tower(const std::filesystem::path& path, const Tower& tower, std::string_view prefix = "tower",
                        const Safetensors::Metadata& metadata = {}) {
-  detail::check_user_metadata(metadata);
-  Safetensors st;
-  st.metadata() = metadata;
-  add_tower(st, prefix, tower);
-  write_safetensors(path, st);
+  std::vector<std::uint8_t> bytes;
+  try {
+    detail::check_user_metadata(metadata);
+    Safetensors st;
+    st.metadata() = metadata;
+    add_tower(st, prefix, tower);
+    bytes = serialize_safetensors(st);
+  } catch (const Error&) {
+    detail::rethrow_with_prefix("cannot save '" + path.string() + "': ");
+  }
+  write_file_atomic(path, bytes);
 }
 
 inline Tower load_tower(const std::filesystem::path& path, std::string_view prefix = "tower",
                         const SafetensorsReadOptions& options = {}) {
-  return read_tower(read_safetensors(path, options), prefix, "safetensors file '" + path.string() + "'");
+  const SafetensorsFile file(path, options);
+  return detail::read_tower_checked(file, prefix, file.where(), options.max_abs_parameter);
 }
 
 }  // namespace age

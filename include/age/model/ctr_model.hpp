@@ -14,7 +14,10 @@
 #include <concepts>
 #include <cstddef>
 #include <span>
+#include <string>
+#include <string_view>
 
+#include "age/core/error.hpp"
 #include "age/core/rng.hpp"
 #include "age/core/types.hpp"
 #include "age/model/sigmoid.hpp"
@@ -126,6 +129,33 @@ concept NormalizedMoveModel =
                                     Eigen::Ref<RowVector> out) {
       { m.request_normalized_move_logits(d_logit, d_logit, ws, out) } -> std::same_as<bool>;
     };
+
+namespace detail {
+
+// Whether `model` says it is empty: a type with an empty() member (Tower,
+// EmbeddingCtrModel) that is default-constructed or moved from, whose passes refuse to
+// run. A model type without empty() never is.
+template <class M>
+bool is_empty_model(const M& model) noexcept {
+  if constexpr (requires {
+                  { model.empty() } noexcept -> std::convertible_to<bool>;
+                })
+    return static_cast<bool>(model.empty());
+  else
+    return false;
+}
+
+inline constexpr const char* kEmptyModelMessage =
+    "expected a model with a shape (constructed, copied or loaded), got an empty one (default-constructed or moved "
+    "from)";
+
+// ConfigError "<who>: model: expected ..., got an empty one" for an empty model.
+template <class M>
+void require_usable_model(const M& model, std::string_view who) {
+  if (is_empty_model(model)) throw ConfigError(std::string(who) + ": model: " + kEmptyModelMessage);
+}
+
+}  // namespace detail
 
 // Probabilities of every candidate: logits, then sigmoid in place.
 template <CtrModel M>

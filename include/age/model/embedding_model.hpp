@@ -1,14 +1,21 @@
 // The library's CTR model: embedding tables for the fields of a FeatureLayout, feeding a
 // dense Tower over h = [user | item]. Scoring goes features -> embeddings -> tower; AGE
 // works on the embedding level (it moves the item part of h), so the model exposes both.
+//
+// An empty model -- default-constructed, or moved from (a move leaves the source exactly
+// as a default-constructed one) -- has no layout and no tower: it can be assigned to (e.g.
+// `model = load_model(path)`), and every other use refuses it with a ConfigError: the
+// passes, embed_request(), predict(), initialize(), the scorers and save_model().
 #pragma once
 
 #include <cmath>
 #include <cstddef>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "age/core/error.hpp"
+#include "age/core/limits.hpp"
 #include "age/core/rng.hpp"
 #include "age/core/types.hpp"
 #include "age/features/embedding.hpp"
@@ -23,6 +30,7 @@ struct ModelWorkspace {
   Vector user;    // user_dim
   Matrix items;   // item_dim x N
   TowerWorkspace tower;
+  detail::WorkspaceMark in_use;  // debug builds: one predict() at a time
 };
 
 class EmbeddingCtrModel {
@@ -37,13 +45,19 @@ class EmbeddingCtrModel {
         tower_(tables_.layout().user_dim(), tables_.layout().item_dim(), std::move(hidden)) {}
 
   // Embeddings from Normal(0, embedding_std^2) (small, so new ids start near the average
-  // prediction); the tower as PyTorch's nn.Linear would be.
+  // prediction); the tower as PyTorch's nn.Linear would be. embedding_std is at most
+  // kMaxSettingScale (age/core/limits.hpp).
   void initialize(Rng& rng, double embedding_std = 0.01) {
-    if (!(embedding_std >= 0.0 && std::isfinite(embedding_std)))
-      throw ConfigError("embedding_std: expected a finite value >= 0, got " + std::to_string(embedding_std));
+    if (!(embedding_std >= 0.0 && embedding_std <= kMaxSettingScale))
+      throw ConfigError("embedding_std: expected a value in [0, " + detail::setting_number(kMaxSettingScale) +
+                        "], got " + detail::setting_number(embedding_std));
+    require_usable("initialize");
     tables_.initialize_normal(rng, embedding_std);
     tower_.initialize(rng);
   }
+
+  // No layout and no tower: default-constructed or moved from (see the top of this file).
+  bool empty() const noexcept { return tower_.empty(); }
 
   const FeatureLayout& layout() const noexcept { return tables_.layout(); }
   EmbeddingTables& tables() noexcept { return tables_; }
@@ -57,6 +71,7 @@ class EmbeddingCtrModel {
   // Features of one request -> user vector (once) and item matrix item_dim x N.
   void embed_request(const SideInput& user, std::span<const SideInput> items, Vector& user_out,
                      Matrix& items_out) const {
+    require_usable("embed_request");
     if (items.empty()) throw InputError("request: items: expected at least 1 candidate, got 0");
     tables_.embed_request(user, items, user_out, items_out);
   }
@@ -64,6 +79,7 @@ class EmbeddingCtrModel {
   // pCTR of every candidate of a request, from raw features.
   void predict(const SideInput& user, std::span<const SideInput> items, ModelWorkspace& ws,
                Eigen::Ref<RowVector> prob) const {
+    const detail::WorkspaceUse use(ws.in_use, "EmbeddingCtrModel::predict");
     embed_request(user, items, ws.user, ws.items);
     tower_.logits(ws.user, ws.items, nullptr, ws.tower, prob);
     sigmoid_in_place(prob);
@@ -115,6 +131,13 @@ class EmbeddingCtrModel {
   }
 
  private:
+  void require_usable(const char* what) const {
+    if (empty())
+      throw ConfigError(std::string("EmbeddingCtrModel ") + what +
+                        ": expected a model with a layout and a tower (constructed, copied or loaded), got an "
+                        "empty one (default-constructed or moved from)");
+  }
+
   EmbeddingTables tables_;
   Tower tower_;
 };

@@ -28,6 +28,7 @@
 #include <string>
 
 #include "age/core/error.hpp"
+#include "age/core/limits.hpp"
 #include "age/core/rng.hpp"
 #include "age/core/types.hpp"
 #include "age/model/ctr_model.hpp"
@@ -95,8 +96,7 @@ class FiniteDifferenceModel {
 
   // Keeps a pointer to `inner`, which must outlive the adapter. `step` is s above.
   explicit FiniteDifferenceModel(const Inner& inner, double step = 1e-3) : inner_(&inner), step_(step) {
-    if (!(step > 0.0 && std::isfinite(step)))
-      throw ConfigError("FiniteDifferenceModel.step: expected a finite value > 0, got " + std::to_string(step));
+    detail::check_scale("FiniteDifferenceModel.step", step, /*positive=*/true);
   }
   FiniteDifferenceModel(const Inner&&, double = 1e-3) = delete;
 

@@ -14,6 +14,11 @@
 // derived tables are rebuilt when the last open Edit ends, and every pass refuses to run
 // (InputError) while one is open, so a score never reads tables of other weights.
 //
+// An empty tower -- default-constructed, or moved from (a move leaves the source exactly
+// as a default-constructed one, never with dimensions but no layers) -- has no layers:
+// it can be assigned to, and every pass, sample_mask() and initialize() refuse it
+// (ConfigError), as do the scorers and the savers.
+//
 // This header declares the passes; their bodies are in age/model/impl/tower.ipp, included
 // below in the default header-only build, or compiled once into age::compiled under
 // AGE_SEPARATE_COMPILATION (age/core/config.hpp), so that a translation unit that scores
@@ -99,6 +104,30 @@ class Tower {
 
   Tower() = default;
   AGE_DECL Tower(std::size_t user_dim, std::size_t item_dim, std::vector<std::size_t> hidden);
+  Tower(const Tower&) = default;
+  Tower& operator=(const Tower&) = default;
+  Tower(Tower&& other) noexcept
+      : layers_(std::move(other.layers_)),
+        tables_(std::move(other.tables_)),
+        open_edits_(other.open_edits_),
+        linear_moves_(other.linear_moves_),
+        gradient_tables_(other.gradient_tables_) {
+    other.make_empty();
+  }
+  Tower& operator=(Tower&& other) noexcept {
+    if (this != &other) {
+      layers_ = std::move(other.layers_);
+      tables_ = std::move(other.tables_);
+      open_edits_ = other.open_edits_;
+      linear_moves_ = other.linear_moves_;
+      gradient_tables_ = other.gradient_tables_;
+      other.make_empty();
+    }
+    return *this;
+  }
+
+  // No layers: default-constructed or moved from (see the top of this file).
+  bool empty() const noexcept { return layers_.layers() == 0; }
 
   // PyTorch's nn.Linear default: W and b uniform in +-1/sqrt(fan_in).
   AGE_DECL void initialize(Rng& rng);
@@ -131,6 +160,7 @@ class Tower {
   }
 
   void sample_mask(double p, Index columns, Rng& rng, DropoutMask& mask) const {
+    require_shape("sample_mask");
     sample_dropout_mask(layers_.hidden, p, columns, rng, mask);
   }
 
@@ -190,6 +220,18 @@ class Tower {
   AGE_DECL void commit();
   AGE_DECL void close_edit() noexcept;
   AGE_DECL void require_committed(const char* pass) const;
+  void require_shape(const char* what) const {
+    if (empty())
+      throw ConfigError(std::string("tower ") + what +
+                        ": expected a tower with layers (constructed with a shape, copied or loaded), got an empty "
+                        "one (default-constructed or moved from)");
+  }
+  // The state of a default-constructed tower (what a move leaves behind).
+  void make_empty() noexcept {
+    layers_ = detail::TowerLayers();
+    tables_ = detail::TowerTables();
+    open_edits_ = 0;
+  }
   AGE_DECL detail::TowerRequestPasses passes(const char* pass) const;
 
   detail::TowerLayers layers_;

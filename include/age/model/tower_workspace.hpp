@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "age/core/types.hpp"
+#include "age/core/workspace_use.hpp"
 #include "age/model/dropout.hpp"
 
 namespace age {
@@ -80,6 +81,7 @@ struct TowerWorkspace {
   bool acts_written = true;    // act holds ReLU(pre) of the last forward pass
   Index batch = 0;
   TowerRequestScratch request;
+  detail::WorkspaceMark in_use;  // debug builds: one pass at a time (workspace_use.hpp)
 
   // Logits of the last forward pass (N), as a row.
   auto logits() const { return pre.back().row(0); }

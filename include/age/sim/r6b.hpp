@@ -14,6 +14,10 @@
 
 #include <zlib.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
@@ -192,12 +196,25 @@ inline std::string format_r6b_line(const R6bEvent& e) {
   return s;
 }
 
-// Streaming reader of an R6B file, plain or gzip (zlib's gzopen reads both, so the name
-// need not end in .gz). Reads line by line in constant memory. A malformed line throws
-// FormatError("<file>:<line>: <reason>"), or, with skip_malformed, is skipped and counted.
+// Default bound on one line of an R6B log (R6bReadOptions::max_line_bytes). R6B lines are
+// about 1 kB (136 features, ~40 candidates); 1 MiB leaves room for any real log.
+inline constexpr std::size_t kDefaultMaxR6bLineBytes = std::size_t{1} << 20;
+
+// Streaming reader of an R6B file, plain or gzip (detected from its first two bytes, so
+// the name need not end in .gz; several gzip members in a row are read as one stream, as
+// gzip -d does). Reads line by line in memory bounded by max_line_bytes plus ~200 KiB of
+// buffers, whatever the file holds. A malformed line -- a line longer than
+// max_line_bytes included -- throws FormatError("<file>:<line>: <reason>"), or, with
+// skip_malformed, is skipped and counted. A damaged file is a FormatError even with
+// skip_malformed: a corrupt or truncated gzip stream, or data after the end of the gzip
+// stream that is not another gzip member (zlib's gzread would drop it, and the lines in it,
+// without a word). IoError when the file cannot be opened or read, or is a directory; a
+// FIFO or other stream is read as it comes (e.g. a log piped from zcat).
 struct R6bReadOptions {
   R6bFormat format{};
   bool skip_malformed = false;  // skip and count malformed lines instead of throwing
+  // Longest line accepted, in bytes, without its newline (>= 1; ConfigError otherwise).
+  std::size_t max_line_bytes = kDefaultMaxR6bLineBytes;
 };
 
 class R6bReader {
@@ -205,20 +222,30 @@ class R6bReader {
   using Options = R6bReadOptions;
 
   explicit R6bReader(std::string path, Options options = {}) : path_(std::move(path)), options_(options) {
-    file_ = gzopen(path_.c_str(), "rb");
-    if (!file_) throw IoError("R6B log '" + path_ + "': cannot open for reading: " + std::strerror(errno));
-    gzbuffer(file_, 1 << 17);
+    if (options_.max_line_bytes == 0) throw ConfigError("R6bReadOptions.max_line_bytes: expected >= 1, got 0");
+    fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) throw IoError("R6B log '" + path_ + "': cannot open for reading: " + std::strerror(errno));
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0 || S_ISDIR(st.st_mode)) {
+      const std::string why = S_ISDIR(st.st_mode) ? "it is a directory, expected a file" : std::strerror(errno);
+      ::close(fd_);
+      throw IoError("R6B log '" + path_ + "': cannot read: " + why);
+    }
   }
   R6bReader(const R6bReader&) = delete;
   R6bReader& operator=(const R6bReader&) = delete;
   ~R6bReader() {
-    if (file_) gzclose(file_);
+    if (inflating_) inflateEnd(&zs_);
+    ::close(fd_);
   }
 
   // Reads the next well-formed event into `out`; false at the end of the file.
   bool next(R6bEvent& out) {
     while (read_line()) {
       try {
+        if (too_long_)
+          throw detail::LineError("line length: expected at most " + std::to_string(options_.max_line_bytes) +
+                                  " bytes (R6bReadOptions::max_line_bytes), got more");
         parse_r6b_line(line_, out, options_.format);
         ++events_;
         return true;
@@ -240,54 +267,155 @@ class R6bReader {
   const std::string& first_skipped() const noexcept { return first_skipped_; }
 
  private:
-  // One line into line_ (without its newline), however long; false at end of file. Split
-  // at '\n' in our own buffer (not gzgets, whose NUL-terminated result cannot show a NUL
-  // byte inside a line), so every byte reaches the parser and the line count is exact.
+  // One line into line_ (without its newline), or too_long_ when it has more than
+  // max_line_bytes (line_ then holds none of it); false at end of file. Split at '\n' in
+  // our own buffer, so that every byte (a NUL included) reaches the parser and the line
+  // count is exact.
   bool read_line() {
     line_.clear();
+    too_long_ = false;
     bool any = false;
     while (begin_ < end_ || fill()) {
       any = true;
       const char* start = buffer_.data() + begin_;
       const std::size_t avail = end_ - begin_;
-      if (const void* nl = std::memchr(start, '\n', avail)) {
-        const auto n = static_cast<std::size_t>(static_cast<const char*>(nl) - start);
-        line_.append(start, n);
+      const void* nl = std::memchr(start, '\n', avail);
+      const std::size_t n = nl ? static_cast<std::size_t>(static_cast<const char*>(nl) - start) : avail;
+      append(start, n);
+      if (nl) {
         begin_ += n + 1;
         ++line_number_;
         return true;
       }
-      line_.append(start, avail);
       begin_ = end_;
     }
     if (any) ++line_number_;  // last line without a newline
     return any;
   }
 
+  // Keeps at most max_line_bytes of a line: the rest is counted as too long, not stored.
+  void append(const char* p, std::size_t n) {
+    if (too_long_) return;
+    if (n > options_.max_line_bytes - line_.size()) {
+      too_long_ = true;
+      line_.clear();
+      return;
+    }
+    line_.append(p, n);
+  }
+
+  [[noreturn]] void damaged(const std::string& why) const {
+    throw FormatError(path_ + ":" + std::to_string(line_number_ + 1) + ": " + why);
+  }
+
+  // Raw bytes of the file into in_ after the unread ones, until `want` are unread or the
+  // file ends.
+  void read_raw(std::size_t want) {
+    if (in_begin_ > 0) {
+      std::memmove(in_.data(), in_.data() + in_begin_, in_end_ - in_begin_);
+      in_end_ -= in_begin_;
+      in_begin_ = 0;
+    }
+    while (in_end_ < want && !in_eof_) {
+      const ::ssize_t n = ::read(fd_, in_.data() + in_end_, in_.size() - in_end_);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        throw IoError("R6B log '" + path_ + "': cannot read: " + std::strerror(errno));
+      }
+      if (n == 0) in_eof_ = true;
+      in_end_ += static_cast<std::size_t>(n);
+      raw_read_ += static_cast<std::uint64_t>(n);
+    }
+  }
+  std::size_t raw_available() const noexcept { return in_end_ - in_begin_; }
+  bool gzip_magic_next() const noexcept {
+    return raw_available() >= 2 && static_cast<unsigned char>(in_[in_begin_]) == 0x1f &&
+           static_cast<unsigned char>(in_[in_begin_ + 1]) == 0x8b;
+  }
+
   // The next block of (decompressed) bytes into buffer_; false at end of file.
   bool fill() {
-    if (at_end_) return false;
-    const int n = gzread(file_, buffer_.data(), static_cast<unsigned>(buffer_.size()));
-    if (n <= 0) {
-      int err = Z_OK;
-      const char* msg = gzerror(file_, &err);
-      if (n < 0 || (err != Z_OK && err != Z_STREAM_END))
-        throw FormatError(path_ + ":" + std::to_string(line_number_ + 1) + ": cannot decompress: " + msg);
-      at_end_ = true;
+    if (at_end_) {
+      if (!trailing_.empty()) damaged(trailing_);
       return false;
     }
-    begin_ = 0;
-    end_ = static_cast<std::size_t>(n);
-    return true;
+    if (mode_ == Mode::unknown) {
+      read_raw(2);
+      if (gzip_magic_next()) {
+        if (inflateInit2(&zs_, 16 + MAX_WBITS) != Z_OK) damaged("cannot decompress: zlib could not start");
+        inflating_ = true;
+        mode_ = Mode::gzip;
+      } else {
+        mode_ = Mode::plain;
+      }
+    }
+    if (mode_ == Mode::plain) {
+      if (raw_available() == 0) read_raw(1);
+      if (raw_available() == 0) {
+        at_end_ = true;
+        return false;
+      }
+      std::swap(buffer_, in_);  // hand the raw bytes over as they are
+      begin_ = in_begin_;
+      end_ = in_end_;
+      in_begin_ = in_end_ = 0;
+      return true;
+    }
+    for (;;) {
+      if (raw_available() == 0) read_raw(1);
+      zs_.next_in = reinterpret_cast<Bytef*>(in_.data() + in_begin_);
+      zs_.avail_in = static_cast<uInt>(raw_available());
+      zs_.next_out = reinterpret_cast<Bytef*>(buffer_.data());
+      zs_.avail_out = static_cast<uInt>(buffer_.size());
+      const int rc = inflate(&zs_, Z_NO_FLUSH);
+      in_begin_ = in_end_ - zs_.avail_in;
+      begin_ = 0;
+      end_ = buffer_.size() - zs_.avail_out;
+      if (rc == Z_STREAM_END) {
+        // A member ended: the file ends here, or another gzip member follows. Anything
+        // else would be dropped by a gzip reader; here it is an error.
+        read_raw(2);
+        if (raw_available() == 0) {
+          at_end_ = true;
+        } else if (gzip_magic_next()) {
+          inflateReset(&zs_);
+        } else {
+          const std::uint64_t offset = raw_read_ - raw_available();
+          trailing_ = "data after the end of the gzip stream at byte " + std::to_string(offset) +
+                      " of the file: expected another gzip member or the end of the file (the " +
+                      std::to_string(raw_read_ - offset) + (in_eof_ ? "" : "+") +
+                      " bytes after it would be lost)";
+          at_end_ = true;
+        }
+        if (end_ > 0) return true;  // trailing data is reported once these lines are read
+        if (at_end_) return fill();
+        continue;
+      }
+      if (rc != Z_OK && rc != Z_BUF_ERROR)
+        damaged(std::string("cannot decompress: ") + (zs_.msg ? zs_.msg : "zlib error " + std::to_string(rc)));
+      if (end_ > 0) return true;
+      if (raw_available() == 0 && in_eof_) damaged("cannot decompress: unexpected end of file (truncated gzip stream)");
+    }
   }
+
+  enum class Mode { unknown, plain, gzip };
 
   std::string path_;
   Options options_;
-  gzFile file_ = nullptr;
-  std::vector<char> buffer_ = std::vector<char>(std::size_t{1} << 16);
-  std::size_t begin_ = 0, end_ = 0;  // unread bytes of buffer_
+  int fd_ = -1;
+  Mode mode_ = Mode::unknown;
+  z_stream zs_{};
+  bool inflating_ = false;
+  std::vector<char> in_ = std::vector<char>(std::size_t{1} << 16);  // raw bytes read, [in_begin_, in_end_) unread
+  std::size_t in_begin_ = 0, in_end_ = 0;
+  bool in_eof_ = false;
+  std::uint64_t raw_read_ = 0;  // raw bytes read from the file so far
+  std::vector<char> buffer_ = std::vector<char>(std::size_t{1} << 16);  // decompressed
+  std::size_t begin_ = 0, end_ = 0;                                      // unread bytes of buffer_
   bool at_end_ = false;
+  std::string trailing_;  // the error to raise once the lines before trailing data are read
   std::string line_;
+  bool too_long_ = false;
   std::uint64_t line_number_ = 0, events_ = 0, skipped_ = 0;
   std::string first_skipped_;
 };

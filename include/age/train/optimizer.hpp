@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "age/core/error.hpp"
+#include "age/core/limits.hpp"
 #include "age/core/types.hpp"
 #include "age/model/tower.hpp"
 
@@ -55,9 +56,7 @@ concept Optimizer = std::copy_constructible<O> &&
 
 namespace detail {
 inline void require_positive(std::string_view opt, std::string_view setting, double v) {
-  if (!(v > 0.0 && std::isfinite(v)))
-    throw ConfigError(std::string(opt) + ": " + std::string(setting) + ": expected a value > 0, got " +
-                      std::to_string(v));
+  check_scale(std::string(opt) + ": " + std::string(setting), v, /*positive=*/true);
 }
 inline void require_unit_interval(std::string_view opt, std::string_view setting, double v) {
   if (!(v >= 0.0 && v < 1.0))
@@ -103,8 +102,7 @@ struct Adagrad {
 
   void validate() const {
     detail::require_positive(name, "lr", lr);
-    if (!(lr_decay >= 0.0 && std::isfinite(lr_decay)))
-      throw ConfigError("adagrad: lr_decay: expected a value >= 0 (finite), got " + std::to_string(lr_decay));
+    detail::check_scale("adagrad: lr_decay", lr_decay, /*positive=*/false);
     detail::require_positive(name, "eps", eps);
   }
   int state_slots() const noexcept { return 1; }

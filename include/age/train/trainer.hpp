@@ -20,6 +20,7 @@
 #include "age/core/types.hpp"
 #include "age/features/embedding.hpp"
 #include "age/features/layout.hpp"
+#include "age/model/ctr_model.hpp"
 #include "age/model/dropout.hpp"
 #include "age/model/embedding_model.hpp"
 #include "age/model/tower.hpp"
@@ -154,6 +155,7 @@ class OnlineTrainer {
  public:
   explicit OnlineTrainer(EmbeddingCtrModel& model, Opt optimizer = Opt{}, TrainerOptions options = {})
       : model_(&model), tower_opt_(optimizer), options_(options) {
+    detail::require_usable_model(model, "trainer");
     options_.validate();
   }
 
@@ -172,6 +174,7 @@ class OnlineTrainer {
   // "Dynamic Gating Unit".
   void attach_item_tower(Tower& item_tower) { attach_item_tower(item_tower, tower_opt_.optimizer()); }
   void attach_item_tower(Tower& item_tower, Opt optimizer) {
+    detail::require_usable_model(item_tower, "trainer: item tower");
     detail::require_dim("item tower: user_dim (it reads item embeddings only)", 0, item_tower.user_dim());
     detail::require_dim("item tower: item_dim (the model's item embedding width)", model_->item_dim(),
                         item_tower.item_dim());
@@ -183,6 +186,7 @@ class OnlineTrainer {
 
   // One optimizer step on a mini-batch; returns its total loss (see StepLoss).
   double step(std::span<const Sample> batch) {
+    detail::require_usable_model(*model_, "trainer: step");  // moved from since?
     detail::check_batch(batch);
     Rng rng(options_.seed, 2 * steps_);
     const DropoutMask* mask = nullptr;
@@ -211,6 +215,7 @@ class OnlineTrainer {
   // warm up a DGU on an already trained model). Returns its BCE.
   double step_item_tower(std::span<const Sample> batch) {
     if (!item_tower_) throw ConfigError("trainer: step_item_tower: no item tower attached");
+    detail::require_usable_model(*model_, "trainer: step_item_tower");
     embed_batch(*model_, batch, ws_);
     loss_.main = 0.0;
     loss_.item_tower = item_tower_step(batch.size());

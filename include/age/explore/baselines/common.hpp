@@ -8,7 +8,9 @@
 #include <string_view>
 
 #include "age/core/error.hpp"
+#include "age/core/limits.hpp"
 #include "age/core/types.hpp"
+#include "age/core/workspace_use.hpp"
 #include "age/explore/request.hpp"
 #include "age/model/ctr_model.hpp"
 
@@ -26,15 +28,15 @@ inline void require_config(bool ok, std::string_view what, std::string_view expe
   throw ConfigError(msg.str());
 }
 
-// A finite value >= 0 (scales of exploration bonuses).
-inline void require_non_negative(std::string_view what, double value) {
-  require_config(std::isfinite(value) && value >= 0.0, what, "a finite value >= 0", value);
-}
+// A value in [0, kMaxSettingScale] (scales of exploration bonuses).
+inline void require_non_negative(std::string_view what, double value) { check_scale(what, value, false); }
 
-// The request checks every policy makes before scoring (detail::check_request: candidate
-// count within max_candidates, dimensions, finite embeddings), as exceptions.
+// The request checks every policy makes before scoring (a model that is not empty, then
+// detail::check_request: candidate count within max_candidates, dimensions, finite
+// embeddings), as exceptions.
 template <CtrModel Model>
 void check_request(const Model& model, const Request& request, Index max_candidates) {
+  require_usable_model(model, "explorer");
   detail::require_request(request, static_cast<Index>(model.user_dim()), static_cast<Index>(model.item_dim()),
                           max_candidates);
 }
@@ -48,6 +50,9 @@ void score_base(const Model& model, const Request& request, ScoredRequest& out, 
   out.resize(request.size());
   predict_probabilities(model, request.user, request.items, nullptr, ws, out.base);
 }
+
+// The end of every baseline's score(): InputError for a score that is not finite.
+inline void finish(ScoredRequest& out) { require_finite_scores(out); }
 
 }  // namespace detail::baseline
 }  // namespace age

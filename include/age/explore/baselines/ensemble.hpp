@@ -27,6 +27,7 @@ template <CtrModel Model>
 struct EnsembleWorkspace {
   std::vector<typename Model::Workspace> model;  // one per member
   RowMajorMatrix prob;                           // M x N
+  WorkspaceMark in_use;                          // debug builds: one call at a time
 };
 
 // The members of an ensemble: non-owning pointers to M >= min_size models with equal
@@ -39,9 +40,11 @@ class EnsembleMembers {
     if (members_.size() < min_size)
       throw ConfigError(std::string(policy) + ".members: expected >= " + std::to_string(min_size) +
                         " models, got " + std::to_string(members_.size()));
-    for (std::size_t m = 0; m < members_.size(); ++m)
+    for (std::size_t m = 0; m < members_.size(); ++m) {
       if (members_[m] == nullptr)
         throw ConfigError(std::string(policy) + ".members[" + std::to_string(m) + "]: expected a model, got null");
+      require_usable_model(*members_[m], std::string(policy) + ".members[" + std::to_string(m) + "]");
+    }
     const auto ud = static_cast<std::size_t>(members_[0]->user_dim());
     const auto id = static_cast<std::size_t>(members_[0]->item_dim());
     for (std::size_t m = 1; m < members_.size(); ++m) {
@@ -99,6 +102,7 @@ class EnsembleTs : public CandidateLimit {
       : EnsembleTs(detail::baseline::EnsembleMembers<Model>::pointers(members), seed) {}
 
   void score(const Request& request, ScoredRequest& out, Workspace& ws) const {
+    const detail::WorkspaceUse use(ws.in_use, "EnsembleTs::score");
     detail::baseline::check_request(members_[0], request, max_candidates());
     out.resize(request.size());
     members_.predict_all(request, ws.model, ws.prob);
@@ -108,6 +112,7 @@ class EnsembleTs : public CandidateLimit {
     out.delta = out.explored - out.base;
     std::fill(out.gate.begin(), out.gate.end(), std::uint8_t{1});
     out.rank();
+    detail::baseline::finish(out);
   }
 
   // The member that serves the request with this id.
@@ -154,6 +159,7 @@ class EnsembleUcb : public CandidateLimit {
       : EnsembleUcb(detail::baseline::EnsembleMembers<Model>::pointers(members), config) {}
 
   void score(const Request& request, ScoredRequest& out, Workspace& ws) const {
+    const detail::WorkspaceUse use(ws.in_use, "EnsembleUcb::score");
     detail::baseline::check_request(members_[0], request, max_candidates());
     out.resize(request.size());
     members_.predict_all(request, ws.model, ws.prob);
@@ -165,6 +171,7 @@ class EnsembleUcb : public CandidateLimit {
     out.explored = out.base + static_cast<Scalar>(config_.scale) * out.delta;
     std::fill(out.gate.begin(), out.gate.end(), std::uint8_t{1});
     out.rank();
+    detail::baseline::finish(out);
   }
 
   std::size_t size() const noexcept { return members_.size(); }

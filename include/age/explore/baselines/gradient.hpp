@@ -77,6 +77,7 @@ struct GradientWorkspace {
   Matrix user_term;           // (1/U_W_0,user) user^2 when the user column is shared (out_0 x 1)
   RowVector quad;             // sum_k g_k^2 / U_k per candidate
   RowVector sigma;            // sigma per candidate
+  detail::WorkspaceMark in_use;  // debug builds: one call at a time
 };
 
 namespace detail::baseline {
@@ -89,9 +90,9 @@ class GradientState : public CandidateLimit {
  public:
   GradientState(const Model& model, GradientConfig config, const char* name)
       : model_(&model), config_(config), name_(name) {
-    require_config(std::isfinite(config_.lambda) && config_.lambda > 0.0, name_ + ".lambda",
-                   "a finite value > 0", config_.lambda);
-    require_config(std::isfinite(config_.nu) && config_.nu > 0.0, name_ + ".nu", "a finite value > 0", config_.nu);
+    require_usable_model(model, name_);
+    check_scale(name_ + ".lambda", config_.lambda, /*positive=*/true);
+    check_scale(name_ + ".nu", config_.nu, /*positive=*/true);
     reset();
   }
 
@@ -124,6 +125,7 @@ class GradientState : public CandidateLimit {
     if (shown < 0 || shown >= request.size())
       throw InputError(name_ + ".observe: shown candidate index: expected in [0, " + std::to_string(request.size()) +
                        "), got " + std::to_string(shown));
+    require_usable_model(*model_, name_);
     const Tower& t = tower();
     check_shape(t);
     // A non-finite embedding would poison U for good.
@@ -173,6 +175,7 @@ class GradientState : public CandidateLimit {
   // Forward pass into ws.tower (logits), then ws.quad = sum(g^2 / U) and
   // ws.sigma = nu * sqrt(lambda * quad) for every candidate.
   void compute_sigma(const Request& request, GradientWorkspace& ws) const {
+    require_usable_model(*model_, name_);  // moved from since it was built?
     const Tower& t = tower();
     check_shape(t);
     detail::require_request(request, static_cast<Index>(t.user_dim()), static_cast<Index>(t.item_dim()),
@@ -298,6 +301,7 @@ class GradientTs : public detail::baseline::GradientState<Model> {
   explicit GradientTs(const Model& model, GradientConfig config = {}) : State(model, config, "GradientTs") {}
 
   void score(const Request& request, ScoredRequest& out, Workspace& ws) const {
+    const detail::WorkspaceUse use(ws.in_use, "GradientTs::score");
     this->compute_sigma(request, ws);
     out.resize(request.size());
     Rng rng(this->config().seed, request.id);
@@ -311,6 +315,7 @@ class GradientTs : public detail::baseline::GradientState<Model> {
     }
     std::fill(out.gate.begin(), out.gate.end(), std::uint8_t{1});
     out.rank();
+    detail::baseline::finish(out);
   }
 };
 
@@ -328,6 +333,7 @@ class GradientUcb : public detail::baseline::GradientState<Model> {
   explicit GradientUcb(const Model& model, GradientConfig config = {}) : State(model, config, "GradientUcb") {}
 
   void score(const Request& request, ScoredRequest& out, Workspace& ws) const {
+    const detail::WorkspaceUse use(ws.in_use, "GradientUcb::score");
     this->compute_sigma(request, ws);
     out.resize(request.size());
     const auto z = ws.tower.logits();
@@ -339,6 +345,7 @@ class GradientUcb : public detail::baseline::GradientState<Model> {
     }
     std::fill(out.gate.begin(), out.gate.end(), std::uint8_t{1});
     out.rank();
+    detail::baseline::finish(out);
   }
 };
 

@@ -31,6 +31,7 @@ class Greedy : public CandidateLimit {
     std::fill(out.gate.begin(), out.gate.end(), std::uint8_t{0});
     out.explored = out.base;
     out.rank();
+    detail::baseline::finish(out);
   }
 
   const Model& model() const noexcept { return *model_; }
@@ -66,6 +67,7 @@ class RandomPolicy : public CandidateLimit {
     }
     for (Index k = 0; k < n; ++k)
       out.explored[out.ranking[static_cast<std::size_t>(k)]] = static_cast<Scalar>(n - k) / static_cast<Scalar>(n);
+    detail::baseline::finish(out);
   }
 
   const Model& model() const noexcept { return *model_; }
@@ -114,6 +116,7 @@ class EpsilonGreedy : public CandidateLimit {
     }
     out.explored = out.base + out.delta;
     out.rank();
+    detail::baseline::finish(out);
   }
 
   // The candidate a request with this id and n candidates explores, or -1 if it is greedy.

@@ -23,6 +23,7 @@ AGE_DECL Tower::Tower(std::size_t user_dim, std::size_t item_dim, std::vector<st
 }
 
 AGE_DECL void Tower::initialize(Rng& rng) {
+  require_shape("initialize");
   Edit e = edit();
   layers_.initialize(rng);
 }
@@ -30,19 +31,23 @@ AGE_DECL void Tower::initialize(Rng& rng) {
 // --- Plain passes (age/model/plain_passes.hpp) -----------------------------------------
 AGE_DECL void Tower::forward(ConstMatrixRef user, ConstMatrixRef items, const DropoutMask* mask,
                              TowerWorkspace& ws) const {
+  const detail::WorkspaceUse use(ws.in_use, "Tower::forward");
   require_committed("forward");
   detail::forward(layers_, user, items, mask, ws);
 }
 
 AGE_DECL void Tower::backward(const Eigen::Ref<const RowVector>& d_logit, ConstMatrixRef user, ConstMatrixRef items,
                               TowerWorkspace& ws, TowerGradients* params, Matrix* d_user, Matrix* d_items) const {
+  const detail::WorkspaceUse use(ws.in_use, "Tower::backward");
   require_committed("backward");
   detail::backward(layers_, tables_, d_logit, user, items, ws, params, d_user, d_items);
 }
 
 AGE_DECL void Tower::logits(ConstMatrixRef user, ConstMatrixRef items, const DropoutMask* mask, TowerWorkspace& ws,
                             Eigen::Ref<RowVector> out) const {
-  forward(user, items, mask, ws);
+  const detail::WorkspaceUse use(ws.in_use, "Tower::logits");
+  require_committed("logits");
+  detail::forward(layers_, user, items, mask, ws);
   detail::require_dim("logits output length", static_cast<std::size_t>(items.cols()),
                       static_cast<std::size_t>(out.size()));
   out = ws.logits();
@@ -51,6 +56,7 @@ AGE_DECL void Tower::logits(ConstMatrixRef user, ConstMatrixRef items, const Dro
 AGE_DECL void Tower::probability_gradient(ConstMatrixRef user, ConstMatrixRef items, const DropoutMask* mask,
                                           TowerWorkspace& ws, Eigen::Ref<RowVector> prob, Matrix* d_items,
                                           Matrix* d_user) const {
+  const detail::WorkspaceUse use(ws.in_use, "Tower::probability_gradient");
   require_committed("probability_gradient");
   detail::probability_gradient(layers_, tables_, user, items, mask, ws, prob, d_items, d_user);
 }
@@ -58,46 +64,55 @@ AGE_DECL void Tower::probability_gradient(ConstMatrixRef user, ConstMatrixRef it
 // --- Request passes (age/model/request_passes.hpp) -------------------------------------
 AGE_DECL void Tower::begin_request(ConstMatrixRef user, ConstMatrixRef items, TowerWorkspace& ws,
                                    Eigen::Ref<RowVector> out) const {
+  const detail::WorkspaceUse use(ws.in_use, "Tower::begin_request");
   passes("begin_request").begin(user, items, ws, out);
 }
 
 AGE_DECL void Tower::begin_request(ConstMatrixRef user, ConstMatrixRef items, TowerWorkspace& ws,
                                    Eigen::Ref<RowVector> out, const DropoutMask* mask,
                                    Eigen::Ref<RowVector> masked_out) const {
+  const detail::WorkspaceUse use(ws.in_use, "Tower::begin_request");
   passes("begin_request").begin(user, items, ws, out, mask, masked_out);
 }
 
 AGE_DECL Index Tower::request_size(const TowerWorkspace& ws) const { return passes("request_size").size(ws); }
 
 AGE_DECL void Tower::request_select(std::span<const Index> keep, TowerWorkspace& ws) const {
+  const detail::WorkspaceUse use(ws.in_use, "Tower::request_select");
   passes("request_select").select(keep, ws);
 }
 
 AGE_DECL void Tower::request_logits(const DropoutMask* mask, TowerWorkspace& ws, Eigen::Ref<RowVector> out) const {
+  const detail::WorkspaceUse use(ws.in_use, "Tower::request_logits");
   passes("request_logits").logits(mask, ws, out);
 }
 
 AGE_DECL void Tower::request_item_gradient(Eigen::Ref<const RowVector> d_logit, TowerWorkspace& ws,
                                            Eigen::Ref<Matrix> d_items) const {
+  const detail::WorkspaceUse use(ws.in_use, "Tower::request_item_gradient");
   passes("request_item_gradient").item_gradient(d_logit, ws, d_items);
 }
 
 AGE_DECL void Tower::request_moved_logits(ConstMatrixRef d_items, TowerWorkspace& ws, Eigen::Ref<RowVector> out) const {
+  const detail::WorkspaceUse use(ws.in_use, "Tower::request_moved_logits");
   passes("request_moved_logits").moved_logits(d_items, ws, out);
 }
 
 AGE_DECL bool Tower::request_normalized_move_logits(Eigen::Ref<const RowVector> d_logit,
                                                     Eigen::Ref<const RowVector> length, TowerWorkspace& ws,
                                                     Eigen::Ref<RowVector> out) const {
+  const detail::WorkspaceUse use(ws.in_use, "Tower::request_normalized_move_logits");
   return passes("request_normalized_move_logits").normalized_move_logits(d_logit, length, ws, out);
 }
 
 AGE_DECL void Tower::request_moved_item_gradient(Eigen::Ref<const RowVector> d_logit, TowerWorkspace& ws,
                                                  Eigen::Ref<Matrix> d_items) const {
+  const detail::WorkspaceUse use(ws.in_use, "Tower::request_moved_item_gradient");
   passes("request_moved_item_gradient").moved_item_gradient(d_logit, ws, d_items);
 }
 
 AGE_DECL void Tower::request_linear_radius(TowerWorkspace& ws, Eigen::Ref<RowVector> out) const {
+  const detail::WorkspaceUse use(ws.in_use, "Tower::request_linear_radius");
   passes("request_linear_radius").linear_radius(ws, out);
 }
 
@@ -132,6 +147,7 @@ AGE_DECL void Tower::close_edit() noexcept {
 }
 
 AGE_DECL void Tower::require_committed(const char* pass) const {
+  require_shape(pass);
   if (open_edits_ != 0)
     throw InputError(std::string("tower ") + pass + ": expected no open Tower::Edit, got " +
                      std::to_string(open_edits_) + " (its derived tables are rebuilt when it ends)");
