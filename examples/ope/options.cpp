@@ -1,44 +1,20 @@
 // Flags of age-ope, their checks and the usage text.
 #include "options.hpp"
 
-#include <cmath>
 #include <cstdlib>
-#include <exception>
 #include <iostream>
 #include <string>
 
+#include "../common/command_line.hpp"
 #include "age/core/error.hpp"
 
 namespace ope {
 
 using age::ConfigError;
+using age_examples::parse_count;
+using age_examples::parse_real;
 
 namespace {
-
-std::uint64_t parse_count(const std::string& flag, const std::string& v) {
-  std::size_t pos = 0;
-  unsigned long long x = 0;
-  try {
-    x = std::stoull(v, &pos);
-  } catch (const std::exception&) {
-    pos = 0;
-  }
-  if (pos != v.size() || v.empty() || v[0] == '-')
-    throw ConfigError(flag + ": expected a non-negative integer, got '" + v + "'");
-  return x;
-}
-
-double parse_real(const std::string& flag, const std::string& v) {
-  std::size_t pos = 0;
-  double x = 0;
-  try {
-    x = std::stod(v, &pos);
-  } catch (const std::exception&) {
-    pos = 0;
-  }
-  if (pos != v.size() || v.empty() || !std::isfinite(x)) throw ConfigError(flag + ": expected a number, got '" + v + "'");
-  return x;
-}
 
 RowRange parse_rows(const std::string& flag, const std::string& v) {
   const std::size_t colon = v.find(':');

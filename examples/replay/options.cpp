@@ -5,16 +5,20 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <exception>
 #include <fstream>
 #include <iostream>
 #include <sstream>
+
+#include "../common/command_line.hpp"
 
 #ifndef AGE_EXAMPLES_DIR
 #define AGE_EXAMPLES_DIR "examples"
 #endif
 
 namespace study {
+
+using age_examples::parse_count;
+using age_examples::parse_real;
 
 namespace {
 
@@ -30,19 +34,6 @@ std::string join(const std::vector<std::string>& v, const std::string& sep = ", 
     s += x;
   }
   return s;
-}
-
-std::uint64_t parse_count(const std::string& flag, const std::string& v) {
-  std::size_t pos = 0;
-  unsigned long long x = 0;
-  try {
-    x = std::stoull(v, &pos);
-  } catch (const std::exception&) {
-    pos = 0;
-  }
-  if (pos != v.size() || v.empty() || v[0] == '-')
-    throw ConfigError(flag + ": expected a non-negative integer, got '" + v + "'");
-  return x;
 }
 
 }  // namespace
@@ -109,11 +100,7 @@ Options parse_args(int argc, char** argv) {
       o.seed_base = parse_count(a, value());
     } else if (a == "--lr") {
       const std::string v = value();
-      try {
-        o.learning.lr = std::stod(v);
-      } catch (const std::exception&) {
-        throw ConfigError("--lr: expected a number > 0, got '" + v + "'");
-      }
+      o.learning.lr = parse_real(a, v);
       if (!(o.learning.lr > 0)) throw ConfigError("--lr: expected a number > 0, got '" + v + "'");
     } else if (a == "--batch") {
       o.learning.batch = parse_count(a, value());
