@@ -160,7 +160,10 @@ std::vector<Record> compute_all() {
        {std::vector<std::size_t>{32, 16}, std::vector<std::size_t>{32, 24, 16}, std::vector<std::size_t>{16}}) {
     Fixture f = fixture(hidden, seed++);
     std::string shape = "tower";
-    for (std::size_t h : hidden) shape += "-" + std::to_string(h);
+    for (std::size_t h : hidden) {  // two appends: GCC 12's -Wrestrict misfires on "-" + std::string
+      shape += '-';
+      shape += std::to_string(h);
+    }
     age_policies(shape + " request", f.tower, f, false, out);
     const PlainTower plain{&f.tower};
     age_policies(shape + " plain", plain, f, true, out);
