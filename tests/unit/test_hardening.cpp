@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "age/age.hpp"
+#include "status_checks.hpp"
 
 using namespace age;
 
@@ -31,12 +32,7 @@ void require_error(const std::function<void()>& fn, const std::vector<std::strin
   for (const std::string& p : parts) REQUIRE_THROWS_WITH(fn(), Catch::Contains(p));
 }
 
-void require_status(const Status& s, StatusCode code, const std::vector<std::string>& parts) {
-  INFO("status message: " << s.message());
-  REQUIRE_FALSE(s.ok());
-  REQUIRE(s.code() == code);
-  for (const std::string& p : parts) REQUIRE_THAT(std::string(s.message()), Catch::Contains(p));
-}
+using age_test::require_status;
 
 FeatureLayout small_layout() {
   FeatureLayout layout;

@@ -21,25 +21,17 @@
 
 #include "age/io/model_io.hpp"
 #include "age/io/safetensors.hpp"
+#include "scratch_files.hpp"
 
 using namespace age;
 namespace fs = std::filesystem;
-using Bytes = std::vector<std::uint8_t>;
+using age_test::Bytes;
 
 namespace {
 
-fs::path fresh_dir(const std::string& name) {
-  const fs::path dir = fs::path(AGE_TEST_BINARY_DIR) / "io_test_tmp" / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
+fs::path fresh_dir(const std::string& name) { return age_test::fresh_dir("io_test_tmp", name); }
 
-void write_bytes(const fs::path& path, const Bytes& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-  REQUIRE(out.good());
-}
+using age_test::write_bytes;
 
 // A model with every kind of field on both sides and two hidden layers.
 EmbeddingCtrModel mixed_model(std::uint64_t seed) {

@@ -30,6 +30,7 @@
 #include "age/explore/gate.hpp"
 #include "age/io/model_io.hpp"
 #include "age/io/safetensors.hpp"
+#include "scratch_files.hpp"
 
 using namespace age;
 namespace fs = std::filesystem;
@@ -64,20 +65,11 @@ void scale_weights(Tower& tower, Scalar factor) {
   for (std::size_t l = 0; l < tower.num_layers(); ++l) e.weight(l) *= factor;
 }
 
-using Bytes = std::vector<std::uint8_t>;
+using age_test::Bytes;
 
-fs::path fresh_dir(const std::string& name) {
-  const fs::path dir = fs::path(AGE_TEST_BINARY_DIR) / "hardening_tmp" / name;
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
+fs::path fresh_dir(const std::string& name) { return age_test::fresh_dir("hardening_tmp", name); }
 
-void write_bytes(const fs::path& path, const Bytes& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-  REQUIRE(out.good());
-}
+using age_test::write_bytes;
 
 // A file assembled from a header text (length field = its size) and a data buffer.
 Bytes assemble(const std::string& header, const Bytes& buffer) {

@@ -28,6 +28,7 @@
 #ifdef AGE_HAVE_IO
 #include "age/io/model_io.hpp"
 #include "age/io/safetensors.hpp"
+#include "status_checks.hpp"
 #endif
 
 using namespace age;
@@ -75,12 +76,7 @@ void require_error(StatusCode code, const std::function<void()>& fn, const std::
   for (const std::string& p : parts) REQUIRE_THROWS_WITH(fn(), Catch::Contains(p));
 }
 
-void require_status(const Status& s, StatusCode code, const std::vector<std::string>& parts) {
-  INFO("status message: " << s.message());
-  REQUIRE_FALSE(s.ok());
-  REQUIRE(s.code() == code);
-  for (const std::string& p : parts) REQUIRE_THAT(std::string(s.message()), Catch::Contains(p));
-}
+using age_test::require_status;
 
 bool identical(const ScoredRequest& a, const ScoredRequest& b) {
   return a.base == b.base && a.delta == b.delta && a.gate == b.gate && a.explored == b.explored &&
