@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "age/age.hpp"
+#include "small_model.hpp"
 #include "status_checks.hpp"
 
 using namespace age;
@@ -34,18 +35,8 @@ void require_error(const std::function<void()>& fn, const std::vector<std::strin
 
 using age_test::require_status;
 
-FeatureLayout small_layout() {
-  FeatureLayout layout;
-  layout.add_categorical("user_id", Side::User, 16, 3).add_categorical("item_id", Side::Item, 16, 4);
-  return layout;
-}
-
-EmbeddingCtrModel small_model(std::uint64_t seed = 1) {
-  EmbeddingCtrModel model(small_layout(), {8, 4});
-  Rng rng(seed);
-  model.initialize(rng, 0.3);
-  return model;
-}
+using age_test::small_layout;
+using age_test::small_model;
 
 Matrix random_matrix(Index rows, Index cols, std::uint64_t seed) {
   Rng rng(seed);

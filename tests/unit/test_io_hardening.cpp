@@ -31,6 +31,7 @@
 #include "age/io/model_io.hpp"
 #include "age/io/safetensors.hpp"
 #include "scratch_files.hpp"
+#include "small_model.hpp"
 
 using namespace age;
 namespace fs = std::filesystem;
@@ -46,18 +47,8 @@ void require_error(const std::function<void()>& fn, const std::vector<std::strin
   for (const std::string& p : parts) REQUIRE_THROWS_WITH(fn(), Catch::Contains(p));
 }
 
-FeatureLayout small_layout() {
-  FeatureLayout layout;
-  layout.add_categorical("user_id", Side::User, 16, 3).add_categorical("item_id", Side::Item, 16, 4);
-  return layout;
-}
-
-EmbeddingCtrModel small_model(std::uint64_t seed = 1) {
-  EmbeddingCtrModel model(small_layout(), {8, 4});
-  Rng rng(seed);
-  model.initialize(rng, 0.3);
-  return model;
-}
+using age_test::small_layout;
+using age_test::small_model;
 
 // Every weight of the tower multiplied by `factor`.
 void scale_weights(Tower& tower, Scalar factor) {
