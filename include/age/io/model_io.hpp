@@ -10,11 +10,18 @@
 //     {"format":"age.embedding_ctr","version":1,
 //      "fields":[{"name":..,"side":"user"|"item","kind":"categorical"|"multi_hot"|"dense",
 //                 "dim":..,"rows":.. (table fields only),"pooling":"sum"|"mean" (multi_hot only)},..],
-//      "hidden":[..]}
+//      "hidden":[..],"activation":"relu"}
+//   (a config without "activation" is ReLU, the only activation the tower has; any other
+//   value is refused: the file's network is not one this build can evaluate)
+//   __metadata__["age.probes.tower"]  load-time probes of the tower (age/io/probes.hpp):
+//     a few (input, logit, input gradient) triples that load_model recomputes with this
+//     build's passes (SafetensorsReadOptions::verify_probes, on by default).
 //
 // Extra towers (e.g. the DGU gate's) can share the file: add_tower() writes
 // "<prefix>.<l>.weight/bias" plus "age.tower.<prefix>" = {"version":1,"user_dim":..,
-// "item_dim":..,"hidden":[..]}, and read_tower() reads one back.
+// "item_dim":..,"hidden":[..],"activation":"relu"} and "age.probes.<prefix>", and
+// read_tower() reads one back. The DGU's prefix is "dgu": save_model_with_dgu(path, model, dgu)
+// writes both, load_dgu(path) reads the DGU.
 //
 // Metadata keys starting with "age." are reserved; any other string -> string pairs are
 // free-form and pass through save_model/load_model unchanged (e.g. training step, data
@@ -49,6 +56,7 @@
 #include "age/core/error.hpp"
 #include "age/core/types.hpp"
 #include "age/features/layout.hpp"
+#include "age/io/probes.hpp"
 #include "age/io/safetensors.hpp"
 #include "age/model/embedding_model.hpp"
 #include "age/model/tower.hpp"
@@ -58,6 +66,12 @@ namespace age {
 inline constexpr std::uint64_t kModelFormatVersion = 1;
 inline constexpr std::string_view kModelConfigKey = "age.config";
 inline constexpr std::string_view kTowerConfigKeyPrefix = "age.tower.";
+// The prefix of the DGU's tower in a model file (save_model with a DGU, load_dgu).
+inline constexpr std::string_view kDguPrefix = "dgu";
+// The one activation of the tower's hidden layers (M1), recorded in every config so that a
+// file written for another network is refused rather than evaluated wrongly. A config
+// without the key was written before it existed, when ReLU was the only choice.
+inline constexpr std::string_view kActivationRelu = "relu";
 
 namespace detail {
 
@@ -72,6 +86,16 @@ inline std::string tensor_name(std::string_view prefix, std::size_t layer, std::
 inline bool starts_with(std::string_view s, std::string_view prefix) noexcept {
   return s.substr(0, prefix.size()) == prefix;
 }
+
+// What a loader checks beyond the format: the bound on parameters and the probes.
+struct LoadChecks {
+  double max_abs = kDefaultMaxAbsParameter;
+  bool verify_probes = true;
+  double probe_tolerance = kDefaultProbeTolerance;
+  static LoadChecks from(const SafetensorsReadOptions& o) {
+    return {o.max_abs_parameter, o.verify_probes, o.probe_tolerance};
+  }
+};
 
 // A FormatError, as a reserved tensor name is (Safetensors::add): the file format cannot
 // hold such a key as user metadata.
@@ -231,6 +255,18 @@ inline void check_version(const nlohmann::json& obj, const std::string& what) {
                       std::to_string(kModelFormatVersion) + ")");
 }
 
+// The config's "activation" (absent: relu, see kActivationRelu), refused unless the tower
+// implements it.
+inline void check_activation(const nlohmann::json& obj, const std::string& what) {
+  if (!obj.contains("activation")) return;
+  const auto& v = obj["activation"];
+  if (!v.is_string()) throw FormatError(what + ": 'activation' must be a string, got " + v.dump());
+  if (v.get<std::string>() != kActivationRelu)
+    throw FormatError(what + ": activation '" + printable(v.get<std::string>()) + "' is not one this build's tower " +
+                      "evaluates (it has '" + std::string(kActivationRelu) + "' only); the file cannot be loaded " +
+                      "without changing its scores");
+}
+
 template <class Source>
 nlohmann::json parse_config(const Source& st, std::string_view key, const std::string& where) {
   const auto it = st.metadata().find(std::string(key));
@@ -251,8 +287,9 @@ TowerConfig parse_tower_config(const Source& st, std::string_view prefix, const 
   const std::string key = std::string(kTowerConfigKeyPrefix) + std::string(prefix);
   const nlohmann::json c = parse_config(st, key, where);
   const std::string what = where + ": metadata '" + key + "'";
-  config_only_keys(c, {"version", "user_dim", "item_dim", "hidden"}, what);
+  config_only_keys(c, {"version", "user_dim", "item_dim", "hidden", "activation"}, what);
   check_version(c, what);
+  check_activation(c, what);
   TowerConfig tc;
   tc.user_dim = config_uint(c, "user_dim", what, false);
   tc.item_dim = config_uint(c, "item_dim", what, true);
@@ -306,8 +343,25 @@ inline void check_tower_prefix(std::string_view prefix) {
     throw ConfigError("tower prefix 'embedding': reserved for the model's embedding tables");
 }
 
+// Stores the probes of `tower` as "age.probes.<prefix>" (none when it cannot be probed).
+inline void add_probes(Safetensors& st, std::string_view prefix, const Tower& tower) {
+  std::string probes = make_probes_json(tower);
+  if (!probes.empty()) st.metadata()[std::string(kProbesKeyPrefix) + std::string(prefix)] = std::move(probes);
+}
+
+// Verifies the probes of the tower stored under `prefix`, if the file has any.
 template <class Source>
-Tower read_tower_checked(const Source& st, std::string_view prefix, const std::string& where, double max_abs) {
+void check_probes(const Source& st, std::string_view prefix, const Tower& tower, const std::string& where,
+                  const LoadChecks& checks) {
+  if (!checks.verify_probes) return;
+  const auto it = st.metadata().find(std::string(kProbesKeyPrefix) + std::string(prefix));
+  if (it != st.metadata().end()) verify_probes(tower, it->second, prefix, where, checks.probe_tolerance);
+}
+
+template <class Source>
+Tower read_tower_checked(const Source& st, std::string_view prefix, const std::string& where,
+                         const LoadChecks& checks) {
+  const double max_abs = checks.max_abs;
   check_tower_prefix(prefix);
   const TowerConfig tc = parse_tower_config(st, prefix, where);
   // Shapes first: the file's size bounds them, so constructing cannot allocate absurdly.
@@ -319,6 +373,7 @@ Tower read_tower_checked(const Source& st, std::string_view prefix, const std::s
     throw FormatError(where + ": tower '" + std::string(prefix) + "': " + e.what());
   }
   read_tower_tensors(st, prefix, tc.hidden, tower.input_dim(), &tower, where, max_abs);
+  check_probes(st, prefix, tower, where, checks);
   return tower;
 }
 
@@ -340,6 +395,7 @@ inline std::string model_config_json(const EmbeddingCtrModel& model) {
   }
   c["fields"] = std::move(fields);
   c["hidden"] = model.tower().hidden();
+  c["activation"] = kActivationRelu;
   return c.dump();
 }
 
@@ -352,11 +408,12 @@ template <class Source>
 ModelConfig parse_model_config(const Source& st, const std::string& where) {
   const nlohmann::json c = parse_config(st, kModelConfigKey, where);
   const std::string what = where + ": metadata '" + std::string(kModelConfigKey) + "'";
-  config_only_keys(c, {"format", "version", "fields", "hidden"}, what);
+  config_only_keys(c, {"format", "version", "fields", "hidden", "activation"}, what);
   const std::string format = config_string(c, "format", what);
   if (format != "age.embedding_ctr")
     throw FormatError(what + ": format '" + format + "', expected 'age.embedding_ctr'");
   check_version(c, what);
+  check_activation(c, what);
   if (!c.contains("fields") || !c["fields"].is_array())
     throw FormatError(what + ": 'fields' must be an array of field objects");
   ModelConfig mc;
@@ -424,15 +481,24 @@ inline void add_tower(Safetensors& st, std::string_view prefix, const Tower& tow
   c["user_dim"] = tower.user_dim();
   c["item_dim"] = tower.item_dim();
   c["hidden"] = tower.hidden();
+  c["activation"] = kActivationRelu;
   st.metadata()[key] = c.dump();
+  detail::add_probes(st, prefix, tower);
 }
 
 // The tower stored under `prefix` by add_tower(), with every tensor validated (present,
-// F32, shape, finite and within max_abs_parameter, no stray "<prefix>.*" tensor). `source`
-// names the file in errors.
+// F32, shape, finite and within max_abs_parameter, no stray "<prefix>.*" tensor) and its
+// probes verified. `source` names the file in errors.
+inline Tower read_tower(const Safetensors& st, std::string_view prefix, std::string_view source,
+                        const SafetensorsReadOptions& options) {
+  return detail::read_tower_checked(detail::MemoryTensors{st}, prefix, std::string(source),
+                                    detail::LoadChecks::from(options));
+}
 inline Tower read_tower(const Safetensors& st, std::string_view prefix, std::string_view source = "safetensors buffer",
                         double max_abs_parameter = kDefaultMaxAbsParameter) {
-  return detail::read_tower_checked(detail::MemoryTensors{st}, prefix, std::string(source), max_abs_parameter);
+  SafetensorsReadOptions options;
+  options.max_abs_parameter = max_abs_parameter;
+  return read_tower(st, prefix, source, options);
 }
 
 // The file form of a model (see the top of this header). `metadata`: free-form pairs
@@ -457,6 +523,18 @@ inline Safetensors model_to_safetensors(const EmbeddingCtrModel& model, const Sa
                std::span<const float>(table.data(), static_cast<std::size_t>(table.size())));
   }
   for (auto& [name, t] : detail::tower_tensors("tower", model.tower())) st.add(name, std::move(t));
+  detail::add_probes(st, "tower", model.tower());
+  return st;
+}
+
+// The file form of a model and its DGU tower (stored under kDguPrefix, "dgu").
+inline Safetensors model_with_dgu_to_safetensors(const EmbeddingCtrModel& model, const Tower& dgu,
+                                                  const Safetensors::Metadata& metadata = {}) {
+  Safetensors st = model_to_safetensors(model, metadata);
+  if (!dgu.empty() && dgu.item_dim() != model.item_dim())
+    throw ConfigError("dgu: item_dim " + std::to_string(dgu.item_dim()) + ", expected the model's item_dim " +
+                      std::to_string(model.item_dim()));
+  add_tower(st, kDguPrefix, dgu);
   return st;
 }
 
@@ -465,17 +543,25 @@ namespace detail {
 // model_from_safetensors over either source of tensors (MemoryTensors, SafetensorsFile).
 template <class Source>
 EmbeddingCtrModel model_from(const Source& st, const std::string& where, Safetensors::Metadata* metadata,
-                             double max_abs) {
+                             const LoadChecks& checks) {
+  const double max_abs = checks.max_abs;
   ModelConfig mc = parse_model_config(st, where);
 
   std::set<std::string> known;
   for (const auto& [key, value] : st.metadata()) {
     if (!starts_with(key, "age.") || key == kModelConfigKey) continue;
+    if (starts_with(key, kProbesKeyPrefix)) {
+      // Probes of the model's tower or of a declared extra tower, verified with it.
+      const std::string prefix = key.substr(kProbesKeyPrefix.size());
+      if (prefix != "tower" && !st.metadata().count(std::string(kTowerConfigKeyPrefix) + prefix))
+        throw FormatError(where + ": metadata '" + key + "' probes a tower the file does not have");
+      continue;
+    }
     if (!starts_with(key, kTowerConfigKeyPrefix))
       throw FormatError(where + ": unknown reserved metadata key '" + key + "'");
     const std::string prefix = key.substr(kTowerConfigKeyPrefix.size());
     if (prefix == "tower") throw FormatError(where + ": metadata '" + key + "' clashes with the model's own tower");
-    const Tower extra = read_tower_checked(st, prefix, where, max_abs);
+    const Tower extra = read_tower_checked(st, prefix, where, checks);
     for (std::size_t l = 0; l < extra.num_layers(); ++l) {
       known.insert(tensor_name(prefix, l, "weight"));
       known.insert(tensor_name(prefix, l, "bias"));
@@ -515,6 +601,7 @@ EmbeddingCtrModel model_from(const Source& st, const std::string& where, Safeten
     check_loaded(values.data(), values.size(), name, where, max_abs);
   }
   read_tower_tensors(st, "tower", mc.hidden, layout.input_dim(), &model.tower(), where, max_abs);
+  check_probes(st, "tower", model.tower(), where, checks);
 
   if (metadata) {
     metadata->clear();
@@ -529,21 +616,41 @@ EmbeddingCtrModel model_from(const Source& st, const std::string& where, Safeten
 // Rebuilds a model from its file form. Everything is validated: the config, every
 // expected tensor (present, F32, shape, finite, within max_abs_parameter), no tensor that
 // is neither the model's nor a declared tower's ("age.tower.<prefix>", each validated too),
-// no unknown "age.*" metadata. `metadata`, when given, receives the free-form (non-"age.")
-// pairs.
+// no unknown "age.*" metadata, and the probes of every tower verified ("age.probes.*",
+// age/io/probes.hpp; options.verify_probes). `metadata`, when given, receives the
+// free-form (non-"age.") pairs.
+inline EmbeddingCtrModel model_from_safetensors(const Safetensors& st, std::string_view source,
+                                                Safetensors::Metadata* metadata, const SafetensorsReadOptions& options) {
+  return detail::model_from(detail::MemoryTensors{st}, std::string(source), metadata,
+                            detail::LoadChecks::from(options));
+}
 inline EmbeddingCtrModel model_from_safetensors(const Safetensors& st, std::string_view source = "safetensors buffer",
                                                 Safetensors::Metadata* metadata = nullptr,
                                                 double max_abs_parameter = kDefaultMaxAbsParameter) {
-  return detail::model_from(detail::MemoryTensors{st}, std::string(source), metadata, max_abs_parameter);
+  SafetensorsReadOptions options;
+  options.max_abs_parameter = max_abs_parameter;
+  return model_from_safetensors(st, source, metadata, options);
 }
 
-// Writes the model atomically (a failed save leaves the previous file untouched). Every
-// error names the file.
+// Writes the model atomically (a failed save leaves the previous file untouched), with the
+// probes of its tower. Every error names the file.
 inline void save_model(const std::filesystem::path& path, const EmbeddingCtrModel& model,
                        const Safetensors::Metadata& metadata = {}) {
   std::vector<std::uint8_t> bytes;
   try {
     bytes = serialize_safetensors(model_to_safetensors(model, metadata));
+  } catch (const Error&) {
+    detail::rethrow_with_prefix("cannot save '" + path.string() + "': ");
+  }
+  write_file_atomic(path, bytes);
+}
+
+// The model and its DGU tower in one file (the DGU under "dgu"; read it with load_dgu).
+inline void save_model_with_dgu(const std::filesystem::path& path, const EmbeddingCtrModel& model, const Tower& dgu,
+                                const Safetensors::Metadata& metadata = {}) {
+  std::vector<std::uint8_t> bytes;
+  try {
+    bytes = serialize_safetensors(model_with_dgu_to_safetensors(model, dgu, metadata));
   } catch (const Error&) {
     detail::rethrow_with_prefix("cannot save '" + path.string() + "': ");
   }
@@ -559,7 +666,7 @@ inline void save_model(const std::filesystem::path& path, const EmbeddingCtrMode
 inline EmbeddingCtrModel load_model(const std::filesystem::path& path, Safetensors::Metadata* metadata = nullptr,
                                     const SafetensorsReadOptions& options = {}) {
   const SafetensorsFile file(path, options);
-  return detail::model_from(file, file.where(), metadata, options.max_abs_parameter);
+  return detail::model_from(file, file.where(), metadata, detail::LoadChecks::from(options));
 }
 
 // A file holding one tower (e.g. the DGU gate's, user_dim 0) under `prefix`.
@@ -578,10 +685,23 @@ inline void save_tower(const std::filesystem::path& path, const Tower& tower, st
   write_file_atomic(path, bytes);
 }
 
+// The tower stored under `prefix` in the file at `path` (a tower file, or a model file with
+// extra towers), validated and probe-verified as load_model does.
 inline Tower load_tower(const std::filesystem::path& path, std::string_view prefix = "tower",
                         const SafetensorsReadOptions& options = {}) {
   const SafetensorsFile file(path, options);
-  return detail::read_tower_checked(file, prefix, file.where(), options.max_abs_parameter);
+  return detail::read_tower_checked(file, prefix, file.where(), detail::LoadChecks::from(options));
+}
+
+// The DGU tower stored with a model (save_model_with_dgu(path, model, dgu), or the PyTorch
+// exporter's export_model(..., dgu=...)), or alone by save_dgu.
+inline Tower load_dgu(const std::filesystem::path& path, const SafetensorsReadOptions& options = {}) {
+  return load_tower(path, kDguPrefix, options);
+}
+
+// A file holding the DGU tower alone, under "dgu".
+inline void save_dgu(const std::filesystem::path& path, const Tower& dgu, const Safetensors::Metadata& metadata = {}) {
+  save_tower(path, dgu, kDguPrefix, metadata);
 }
 
 }  // namespace age

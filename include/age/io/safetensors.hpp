@@ -304,6 +304,9 @@ inline constexpr std::uint64_t kDefaultMaxFileBytes = std::uint64_t{4} << 30;  /
 // the weights and embeddings of any trained CTR model, far below what overflows float in
 // the tower's products (a finite weight of 1e30 makes every score NaN).
 inline constexpr double kDefaultMaxAbsParameter = 1e6;
+// Model files: how far a load-time probe may be off, as a fraction of its terms' scale
+// (age/io/probes.hpp).
+inline constexpr double kDefaultProbeTolerance = 1e-5;
 
 struct SafetensorsReadOptions {
   // Reject NaN and infinite elements (FormatError naming the tensor and the element).
@@ -318,6 +321,12 @@ struct SafetensorsReadOptions {
   // magnitude is refused (FormatError naming the tensor, the element and the value), as a
   // non-finite one always is. save_model refuses to write one above the default.
   double max_abs_parameter = kDefaultMaxAbsParameter;
+  // Model files only: recompute the probes a file carries ("age.probes.<tower>", written by
+  // save_model, add_tower and the PyTorch exporter; age/io/probes.hpp) with this build's
+  // passes and refuse the file (FormatError naming the probe and the difference) when one
+  // is off by more than probe_tolerance of its terms' scale. A file without probes loads.
+  bool verify_probes = true;
+  double probe_tolerance = kDefaultProbeTolerance;
 };
 
 // The file's bytes: 8-byte length, the JSON header padded with spaces so that the data
