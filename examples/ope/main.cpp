@@ -35,10 +35,18 @@ struct Loaded {
   }
 };
 
+// The DGU in `path`: stored under "dgu" (save_model_with_dgu, save_dgu, the PyTorch
+// exporter), or as the file's one tower (dgu.safetensors of earlier versions of `train`).
+age::Tower load_dgu_file(const std::string& path) {
+  const age::SafetensorsFile file(path);
+  const bool named = file.metadata().count(std::string(age::kTowerConfigKeyPrefix) + std::string(age::kDguPrefix)) > 0;
+  return named ? age::load_dgu(path) : age::load_tower(path);
+}
+
 Loaded load_inputs(const Options& o) {
   Loaded l;
   if (!o.model.empty()) l.model = age::load_model(o.model);
-  if (!o.dgu.empty()) l.dgu = age::load_tower(o.dgu);
+  if (!o.dgu.empty()) l.dgu = load_dgu_file(o.dgu);
   if (!o.reward_model.empty() && o.reward_model != o.model) l.reward = age::load_model(o.reward_model);
   if (!o.marginal_log.empty()) {
     if (o.marginal_items.empty()) throw age::ConfigError("--marginal-log: expected --marginal-items FILE too, got none");
@@ -89,8 +97,9 @@ int run_train(const Options& o) {
   const TrainedModel t = train_obd(log, o.rows, o);
   std::filesystem::create_directories(o.out);
   const auto dir = std::filesystem::path(o.out);
-  age::save_model(dir / "model.safetensors", t.model);
-  age::save_tower(dir / "dgu.safetensors", t.dgu);
+  // The model with its DGU, and the DGU alone (either file serves --dgu).
+  age::save_model_with_dgu(dir / "model.safetensors", t.model, t.dgu);
+  age::save_dgu(dir / "dgu.safetensors", t.dgu);
   std::cout << "trained on " << t.samples << " rows (" << t.clicks << " clicks), last epoch's mean loss "
             << t.final_loss << "; AUC on the training rows " << obd_auc(t.model, log, o.rows);
   if (o.rows.end < log.records.size())

@@ -10,7 +10,13 @@
   raw ids give the same embedding in C++ and here.
 
 Field names must be valid nn.ModuleDict keys (no '.'). export_safetensors.py writes this
-module in age's safetensors layout and reads such files back.
+module in age's safetensors layout and reads such files back. AgeDgu is the Dynamic Gating
+Unit's tower (item embedding -> ReLU MLP -> logit of the item's average CTR).
+
+The hidden activation is ReLU, the only one age's C++ tower evaluates; the exporter refuses
+a model whose arithmetic differs (another activation, normalisation layers, extra modules
+or parameters, an overridden tower), so that a file never loads with other scores than the
+module gave.
 """
 
 from dataclasses import dataclass
@@ -22,6 +28,8 @@ import torch.nn.functional as F
 
 SIDES = ("user", "item")
 KINDS = ("categorical", "multi_hot", "dense")
+# The hidden activation of age's tower (recorded in the config as "activation").
+ACTIVATION = "relu"
 POOLINGS = ("sum", "mean")
 
 _MASK64 = (1 << 64) - 1
@@ -170,14 +178,58 @@ class AgeCtrModel(nn.Module):
             if f.kind == "multi_hot":
                 entry["pooling"] = f.pooling
             fields.append(entry)
-        return {"format": "age.embedding_ctr", "version": 1, "fields": fields, "hidden": list(self.hidden)}
+        return {"format": "age.embedding_ctr", "version": 1, "fields": fields, "hidden": list(self.hidden),
+                "activation": ACTIVATION}
 
     @staticmethod
     def from_config(config: dict) -> "AgeCtrModel":
         if config.get("format") != "age.embedding_ctr" or config.get("version") != 1:
             raise ValueError(f"not an age.embedding_ctr version 1 config: {config.get('format')!r} "
                              f"version {config.get('version')!r}")
+        check_activation(config)
         fields = [Field(name=f["name"], side=f["side"], kind=f["kind"], dim=int(f["dim"]),
                         rows=int(f.get("rows", 0)), pooling=f.get("pooling", "sum"))
                   for f in config["fields"]]
         return AgeCtrModel(fields, config["hidden"])
+
+
+def check_activation(config: dict) -> None:
+    """A config's "activation" must be ReLU (absent: written before the key existed)."""
+    activation = config.get("activation", ACTIVATION)
+    if activation != ACTIVATION:
+        raise ValueError(f"activation {activation!r}: age's tower evaluates {ACTIVATION!r} only")
+
+
+class AgeDgu(nn.Module):
+    """The Dynamic Gating Unit's tower: item embedding [N, item_dim] -> ReLU MLP -> logit of
+    the item's average CTR [N]. Train it on the clicks of the same samples as the model,
+    with a stop-gradient into the item embeddings: dgu(model.embed("item", ...).detach())."""
+
+    def __init__(self, item_dim: int, hidden: Sequence[int] = (16,)):
+        super().__init__()
+        if item_dim <= 0:
+            raise ValueError(f"item_dim must be > 0, got {item_dim}")
+        self.item_dim = int(item_dim)
+        self.hidden: List[int] = [int(h) for h in hidden]
+        sizes = [self.item_dim] + self.hidden + [1]
+        self.layers = nn.ModuleList(nn.Linear(sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1))
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        x = items
+        for l, layer in enumerate(self.layers):
+            x = layer(x)
+            if l < len(self.hidden):
+                x = F.relu(x)
+        return x[:, 0]
+
+    def config(self) -> dict:
+        """The "age.tower.dgu" metadata, with age's key order."""
+        return {"version": 1, "user_dim": 0, "item_dim": self.item_dim, "hidden": list(self.hidden),
+                "activation": ACTIVATION}
+
+    @staticmethod
+    def from_config(config: dict) -> "AgeDgu":
+        if config.get("version") != 1 or config.get("user_dim", 0) != 0:
+            raise ValueError(f"not a DGU tower config (version 1, user_dim 0): {config}")
+        check_activation(config)
+        return AgeDgu(int(config["item_dim"]), config["hidden"])

@@ -8,12 +8,29 @@ The file is safetensors, written here with plain struct/json (no `safetensors` p
     embedding.<field>  F32 [rows, dim]  = nn.Embedding.weight
     tower.<l>.weight   F32 [out, in]    = nn.Linear.weight
     tower.<l>.bias     F32 [out]
-    __metadata__       {"age.config": <JSON of AgeCtrModel.config()>, free-form pairs...}
+    dgu.<l>.weight, dgu.<l>.bias        the DGU's tower, when exported with the model
+    __metadata__       {"age.config": <JSON of AgeCtrModel.config()>,
+                        "age.probes.tower": load-time probes of the tower,
+                        "age.tower.dgu", "age.probes.dgu": the DGU's shape and probes,
+                        free-form pairs...}
 
-The bytes are exactly what age::save_model writes for the same model (same tensor order,
-compact JSON, same padding), so C++ and Python files are interchangeable and comparable.
+The bytes are exactly what age::save_model (age::save_model_with_dgu with a DGU) writes for
+the same model (same tensor order, compact JSON, same padding, the same probes), so C++
+and Python files are interchangeable and comparable.
 
-    /usr/bin/python3 export_safetensors.py demo.safetensors   # a random demo model
+The exporter writes only what age evaluates exactly, and refuses anything else with
+ExportError naming the module, parameter or method: a module other than the model's
+embeddings and Linear layers (GELU, BatchNorm, LayerNorm, ...), a parameter or buffer the
+file cannot hold, a subclass that overrides the tower's arithmetic, an activation other than
+ReLU. It then checks the module against the file it is about to write: the module's own
+tower, run in float64 on the probe inputs, must give the probes' logits.
+
+Probes (include/age/io/probes.hpp): 8 inputs chosen by a fixed SplitMix64 rule, with the
+tower's logit, input gradient and the scale of their terms computed in float64 from the
+float32 weights and rounded to 7 digits; age::load_model recomputes them with its own
+float32 passes and refuses the file when one is off by more than 1e-5 of its scale.
+
+    /usr/bin/python3 export_safetensors.py demo.safetensors   # a random demo model and DGU
     /usr/bin/python3 export_safetensors.py --show demo.safetensors
 """
 
@@ -87,6 +104,190 @@ def parse(data: bytes) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
     return tensors, metadata
 
 
+class ExportError(ValueError):
+    """The module holds something an age model file cannot represent exactly."""
+
+
+# --- load-time probes (the rule of include/age/io/probes.hpp) ------------------------------
+PROBE_COUNT = 8
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def probe_inputs(k: int, attempt: int, dim: int) -> np.ndarray:
+    """Attempt `attempt` of probe k: 24-bit SplitMix64 draws mapped to [-1, 1), exact in float32."""
+    base = ((k * 64 + attempt) << 32)
+    return np.array([((_mix64(base + j) >> 40) - 8388608) / 8388608.0 for j in range(dim)], dtype=np.float64)
+
+
+def reference_probe(layers: Sequence[Tuple[np.ndarray, np.ndarray]], x: np.ndarray) -> dict:
+    """Logit, input gradient, their term scales and the kink margin of a ReLU MLP
+    (layers: (W [out, in], b [out]) as float32 arrays) at x, in float64."""
+    ws = [(np.asarray(w, dtype=np.float64), np.asarray(b, dtype=np.float64)) for w, b in layers]
+    active, margin = [], np.inf
+    h, ah = x, np.abs(x)
+    for l, (w, b) in enumerate(ws):
+        y, ay = w @ h + b, np.abs(w) @ ah + np.abs(b)
+        if l + 1 < len(ws):
+            nz = ay > 0
+            if nz.any():
+                margin = min(margin, float(np.min(np.abs(y[nz]) / ay[nz])))
+            a = (y > 0).astype(np.float64)
+            active.append(a)
+            y, ay = y * a, ay * a
+        h, ah = y, ay
+    g, ag = np.ones(1), np.ones(1)
+    for l in range(len(ws) - 1, -1, -1):
+        w = ws[l][0]
+        if l + 1 < len(ws):
+            g, ag = g * active[l], ag * active[l]
+        g, ag = w.T @ g, np.abs(w).T @ ag
+    return {"input": x, "logit": float(h[0]), "logit_scale": float(ah[0]), "gradient": g,
+            "gradient_scale": float(np.max(ag)) if ag.size else 0.0, "margin": margin}
+
+
+def probes_json(layers: Sequence[Tuple[np.ndarray, np.ndarray]], input_dim: int) -> Optional[str]:
+    """The "age.probes.<prefix>" value of a tower, formatted as the C++ writer does; None
+    when its values exceed float range (the C++ writer then writes no probes either)."""
+    out = []
+    limit = float(np.finfo(np.float32).max)
+    for k in range(PROBE_COUNT):
+        best = None
+        for attempt in range(8):
+            p = reference_probe(layers, probe_inputs(k, attempt, input_dim))
+            if best is None or p["margin"] > best["margin"]:
+                best = p
+            if best["margin"] >= 1e-4:
+                break
+        values = [best["logit"], best["logit_scale"], best["gradient_scale"], *best["gradient"]]
+        if not all(abs(v) <= limit for v in values):
+            return None
+        out.append('{"input":[' + ",".join("%.9g" % v for v in best["input"]) + "]"
+                   + ',"logit":' + "%.7g" % best["logit"] + ',"logit_scale":' + "%.7g" % best["logit_scale"]
+                   + ',"gradient":[' + ",".join("%.7g" % v for v in best["gradient"]) + "]"
+                   + ',"gradient_scale":' + "%.7g" % best["gradient_scale"] + "}")
+    return '{"version":1,"probes":[' + ",".join(out) + "]}"
+
+
+# --- what the exporter can represent -------------------------------------------------------
+def _check_structure(module, expected_modules: Dict[str, type], expected_params: set, owner: str) -> None:
+    """Refuses any module, parameter or buffer outside the expected ones, naming it."""
+    for name, sub in module.named_modules():
+        if name not in expected_modules:
+            raise ExportError(f"{owner}: module '{name}' ({type(sub).__name__}) cannot be exported: age's network is "
+                              f"embeddings and Linear layers with ReLU between them; a file without this module "
+                              f"would give other scores than the PyTorch model")
+        if type(sub) is not expected_modules[name]:
+            raise ExportError(f"{owner}: module '{name}' is a {type(sub).__name__}, expected exactly "
+                              f"{expected_modules[name].__name__} (a subclass may compute something else)")
+    for name, param in module.named_parameters():
+        if name not in expected_params:
+            raise ExportError(f"{owner}: parameter '{name}' {list(param.shape)} cannot be exported: it is not one of "
+                              f"age's embedding tables or Linear weights and biases")
+    for name, buf in module.named_buffers():
+        raise ExportError(f"{owner}: buffer '{name}' {list(buf.shape)} cannot be exported: age's network has no "
+                          f"state besides its weights (normalisation statistics change the arithmetic)")
+
+
+def _check_methods(module, base: type, methods: Sequence[str]) -> None:
+    cls = type(module)
+    for method in methods:
+        if method in vars(module):
+            raise ExportError(f"{cls.__name__}: attribute '{method}' replaces {base.__name__}.{method}() on this "
+                              f"instance; the file holds {base.__name__}'s arithmetic only")
+        if getattr(cls, method) is not getattr(base, method):
+            raise ExportError(f"{cls.__name__}.{method}() overrides {base.__name__}.{method}(): the file holds "
+                              f"{base.__name__}'s arithmetic (Linear -> ReLU -> ... -> Linear) and cannot hold "
+                              f"what the override computes")
+
+
+def _check_linear_layers(module, owner: str) -> None:
+    for l, layer in enumerate(module.layers):
+        if layer.bias is None:
+            raise ExportError(f"{owner}: module 'layers.{l}' (Linear) has no bias; age's layers always have one")
+
+
+def check_model_exportable(model) -> None:
+    """ExportError naming the first thing of `model` that an age model file cannot hold."""
+    from age_model import ACTIVATION, AgeCtrModel
+    if not isinstance(model, AgeCtrModel):
+        raise ExportError(f"{type(model).__name__}: not an AgeCtrModel (examples/pytorch/age_model.py)")
+    import torch.nn as nn
+    expected = {"": type(model), "embeddings": nn.ModuleDict, "layers": nn.ModuleList}
+    params = set()
+    for f in model.fields:
+        if f.has_table():
+            expected[f"embeddings.{f.name}"] = nn.Embedding
+            params.add(f"embeddings.{f.name}.weight")
+    for l in range(len(model.layers)):
+        expected[f"layers.{l}"] = nn.Linear
+        params |= {f"layers.{l}.weight", f"layers.{l}.bias"}
+    _check_structure(model, expected, params, type(model).__name__)
+    for f in model.fields:
+        if f.has_table():
+            emb = model.embeddings[f.name]
+            if emb.max_norm is not None:
+                raise ExportError(f"{type(model).__name__}: module 'embeddings.{f.name}' (Embedding) has max_norm "
+                                  f"{emb.max_norm}: the renormalisation at lookup is not in the file")
+    _check_linear_layers(model, type(model).__name__)
+    _check_methods(model, AgeCtrModel, ("tower", "logits", "embed", "forward"))
+    if getattr(model, "activation", ACTIVATION) != ACTIVATION:
+        raise ExportError(f"{type(model).__name__}: activation {model.activation!r}: age's tower evaluates "
+                          f"{ACTIVATION!r} only")
+
+
+def check_dgu_exportable(dgu) -> None:
+    from age_model import AgeDgu
+    if not isinstance(dgu, AgeDgu):
+        raise ExportError(f"dgu: {type(dgu).__name__} is not an AgeDgu (examples/pytorch/age_model.py)")
+    import torch.nn as nn
+    expected = {"": type(dgu), "layers": nn.ModuleList}
+    params = set()
+    for l in range(len(dgu.layers)):
+        expected[f"layers.{l}"] = nn.Linear
+        params |= {f"layers.{l}.weight", f"layers.{l}.bias"}
+    _check_structure(dgu, expected, params, "dgu " + type(dgu).__name__)
+    _check_linear_layers(dgu, "dgu " + type(dgu).__name__)
+    _check_methods(dgu, AgeDgu, ("forward",))
+
+
+def _tower_layers(module) -> List[Tuple[np.ndarray, np.ndarray]]:
+    return [(layer.weight.detach().cpu().float().numpy(), layer.bias.detach().cpu().float().numpy())
+            for layer in module.layers]
+
+
+def _self_check(run, layers, input_dim: int, owner: str) -> None:
+    """The module's own forward, in float64 on the probe inputs, must give the logits of the
+    network the file holds (catches what the structural checks cannot see)."""
+    import torch
+    for k in range(PROBE_COUNT):
+        ref = reference_probe(layers, probe_inputs(k, 0, input_dim))
+        with torch.no_grad():
+            got = float(run(torch.from_numpy(ref["input"]).unsqueeze(0))[0])
+        if not abs(got - ref["logit"]) <= 1e-6 * max(ref["logit_scale"], 1e-30):
+            raise ExportError(f"{owner}: at probe input {k} the module's forward gives logit {got:.9g}, the network "
+                              f"the file would hold gives {ref['logit']:.9g}: the module computes something the "
+                              f"exporter does not see")
+
+
+def _self_check_model(model) -> None:
+    import copy
+    m = copy.deepcopy(model).double().eval()
+    _self_check(lambda h: m.tower(h), _tower_layers(model), model.user_dim + model.item_dim, type(model).__name__)
+
+
+def _self_check_dgu(dgu) -> None:
+    import copy
+    m = copy.deepcopy(dgu).double().eval()
+    _self_check(lambda h: m(h), _tower_layers(dgu), dgu.item_dim, "dgu " + type(dgu).__name__)
+
+
 def model_tensors(model) -> List[Tuple[str, np.ndarray]]:
     """The model's tensors as age names them, in age's order, as float32."""
     out = []
@@ -102,18 +303,72 @@ def model_tensors(model) -> List[Tuple[str, np.ndarray]]:
     return out
 
 
-def model_bytes(model, metadata: Optional[Dict[str, str]] = None) -> bytes:
+def tower_tensors(prefix: str, module) -> List[Tuple[str, np.ndarray]]:
+    out = []
+    for l, (w, b) in enumerate(_tower_layers(module)):
+        out.append((f"{prefix}.{l}.weight", w))
+        out.append((f"{prefix}.{l}.bias", b))
+    for name, array in out:
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"tensor {name!r} has non-finite values; age would reject the file")
+    return out
+
+
+def _user_metadata(metadata: Optional[Dict[str, str]]) -> Dict[str, str]:
     meta = dict(metadata or {})
     for k in meta:
         if k.startswith("age."):
             raise ValueError(f"metadata key {k!r}: keys starting with 'age.' are reserved")
+    return meta
+
+
+def _add_dgu(tensors, meta, dgu, item_dim: Optional[int]) -> None:
+    check_dgu_exportable(dgu)
+    if item_dim is not None and dgu.item_dim != item_dim:
+        raise ExportError(f"dgu: item_dim {dgu.item_dim}, expected the model's item_dim {item_dim}")
+    _self_check_dgu(dgu)
+    tensors += tower_tensors("dgu", dgu)
+    meta["age.tower.dgu"] = _dumps(dgu.config())
+    probes = probes_json(_tower_layers(dgu), dgu.item_dim)
+    if probes is not None:
+        meta["age.probes.dgu"] = probes
+
+
+def model_bytes(model, metadata: Optional[Dict[str, str]] = None, dgu=None) -> bytes:
+    """The file of `model` (and of its DGU), after the exporter's checks."""
+    meta = _user_metadata(metadata)
+    check_model_exportable(model)
+    _self_check_model(model)
     meta["age.config"] = _dumps(model.config())
-    return serialize(model_tensors(model), meta)
+    probes = probes_json(_tower_layers(model), model.user_dim + model.item_dim)
+    if probes is not None:
+        meta["age.probes.tower"] = probes
+    tensors = model_tensors(model)
+    if dgu is not None:
+        _add_dgu(tensors, meta, dgu, model.item_dim)
+    return serialize(tensors, meta)
 
 
-def export_model(model, path: str, metadata: Optional[Dict[str, str]] = None) -> None:
-    """Writes the model to `path` atomically (temporary file + rename)."""
-    data = model_bytes(model, metadata)
+def dgu_bytes(dgu, metadata: Optional[Dict[str, str]] = None) -> bytes:
+    """A file holding the DGU alone (as age::save_dgu writes it)."""
+    meta = _user_metadata(metadata)
+    tensors: List[Tuple[str, np.ndarray]] = []
+    _add_dgu(tensors, meta, dgu, None)
+    return serialize(tensors, meta)
+
+
+def export_model(model, path: str, metadata: Optional[Dict[str, str]] = None, dgu=None) -> None:
+    """Writes the model (and its DGU, read in C++ by age::load_dgu) to `path` atomically."""
+    _write_atomic(path, model_bytes(model, metadata, dgu))
+
+
+def export_dgu(dgu, path: str, metadata: Optional[Dict[str, str]] = None) -> None:
+    """Writes the DGU alone to `path` atomically (age::load_dgu reads it)."""
+    _write_atomic(path, dgu_bytes(dgu, metadata))
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    """Temporary file + fsync + rename: a failed export leaves the previous file."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".tmp.", dir=directory)
     try:
@@ -139,6 +394,7 @@ def load_model(path: str):
     if "age.config" not in metadata:
         raise ValueError(f"{path}: missing metadata 'age.config' (not an age model file?)")
     model = AgeCtrModel.from_config(json.loads(metadata["age.config"]))
+    model.eval()
     expected = {name: array.shape for name, array in model_tensors(model)}
     model_names = set(expected)
     for name in tensors:
@@ -159,6 +415,26 @@ def load_model(path: str):
                 param = getattr(model.layers[int(l)], what)
             param.copy_(torch.from_numpy(tensors[name].astype(np.float32)))
     return model, {k: v for k, v in metadata.items() if not k.startswith("age.")}
+
+
+def load_dgu(path: str):
+    """The AgeDgu stored in an age file under "dgu" (with a model, or alone)."""
+    import torch
+    from age_model import AgeDgu
+
+    with open(path, "rb") as f:
+        tensors, metadata = parse(f.read())
+    if "age.tower.dgu" not in metadata:
+        raise ValueError(f"{path}: missing metadata 'age.tower.dgu' (no DGU in this file)")
+    dgu = AgeDgu.from_config(json.loads(metadata["age.tower.dgu"]))
+    dgu.eval()
+    with torch.no_grad():
+        for name, array in tower_tensors("dgu", dgu):
+            if name not in tensors or tuple(tensors[name].shape) != tuple(array.shape):
+                raise ValueError(f"{path}: tensor {name!r} missing or not of shape {list(array.shape)}")
+            _, l, what = name.split(".")
+            getattr(dgu.layers[int(l)], what).copy_(torch.from_numpy(tensors[name].astype(np.float32)))
+    return dgu
 
 
 def demo_model(seed: int = 0):
@@ -195,7 +471,10 @@ def main(argv: Sequence[str]) -> int:
         for k, v in metadata.items():
             print(f"metadata {k} = {v}")
         return 0
-    export_model(demo_model(args.seed), args.path, {"exported_by": "examples/pytorch/export_safetensors.py"})
+    from age_model import AgeDgu
+    model = demo_model(args.seed)
+    export_model(model, args.path, {"exported_by": "examples/pytorch/export_safetensors.py"},
+                 dgu=AgeDgu(model.item_dim, [16]))
     print(f"wrote {args.path}")
     return 0
 
