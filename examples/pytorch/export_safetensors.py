@@ -130,10 +130,11 @@ def reference_probe(layers: Sequence[Tuple[np.ndarray, np.ndarray]], x: np.ndarr
     """Logit, input gradient, their term scales and the kink margin of a ReLU MLP
     (layers: (W [out, in], b [out]) as float32 arrays) at x, in float64."""
     ws = [(np.asarray(w, dtype=np.float64), np.asarray(b, dtype=np.float64)) for w, b in layers]
-    active, margin = [], np.inf
+    active, margin, largest = [], np.inf, 0.0
     h, ah = x, np.abs(x)
     for l, (w, b) in enumerate(ws):
         y, ay = w @ h + b, np.abs(w) @ ah + np.abs(b)
+        largest = max(largest, float(np.max(ay)))
         if l + 1 < len(ws):
             nz = ay > 0
             if nz.any():
@@ -148,15 +149,17 @@ def reference_probe(layers: Sequence[Tuple[np.ndarray, np.ndarray]], x: np.ndarr
         if l + 1 < len(ws):
             g, ag = g * active[l], ag * active[l]
         g, ag = w.T @ g, np.abs(w).T @ ag
+        if ag.size:
+            largest = max(largest, float(np.max(ag)))
     return {"input": x, "logit": float(h[0]), "logit_scale": float(ah[0]), "gradient": g,
-            "gradient_scale": float(np.max(ag)) if ag.size else 0.0, "margin": margin}
+            "gradient_scale": float(np.max(ag)) if ag.size else 0.0, "margin": margin, "largest": largest}
 
 
 def probes_json(layers: Sequence[Tuple[np.ndarray, np.ndarray]], input_dim: int) -> Optional[str]:
     """The "age.probes.<prefix>" value of a tower, formatted as the C++ writer does; None
-    when its values exceed float range (the C++ writer then writes no probes either)."""
+    when a term of its passes exceeds 1e30 (the C++ writer then writes no probes either)."""
     out = []
-    limit = float(np.finfo(np.float32).max)
+    limit = 1e30
     for k in range(PROBE_COUNT):
         best = None
         for attempt in range(8):
@@ -165,7 +168,7 @@ def probes_json(layers: Sequence[Tuple[np.ndarray, np.ndarray]], input_dim: int)
                 best = p
             if best["margin"] >= 1e-4:
                 break
-        values = [best["logit"], best["logit_scale"], best["gradient_scale"], *best["gradient"]]
+        values = [best["largest"], best["logit"], best["logit_scale"], best["gradient_scale"], *best["gradient"]]
         if not all(abs(v) <= limit for v in values):
             return None
         out.append('{"input":[' + ",".join("%.9g" % v for v in best["input"]) + "]"

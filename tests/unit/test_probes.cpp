@@ -264,20 +264,39 @@ TEST_CASE("malformed probes are refused with the key and the problem named", "[i
   CHECK_THROWS_AS(verify_probes(model.tower(), probes, "tower", "t", -1.0), ConfigError);
 }
 
-TEST_CASE("a tower whose outputs exceed float range is saved without probes", "[io][probes]") {
-  // 40 layers of 1e6 weights: about 1e252 at the output, far beyond float (and double
-  // would overflow with more layers; both are refused the same way).
-  Tower tower(0, 2, std::vector<std::size_t>(40, 2));
-  {
+TEST_CASE("a tower whose passes leave float range is saved without probes", "[io][probes]") {
+  // Hidden layers of 1e6 weights: the terms grow by 2e6 per layer.
+  const auto tower_of = [](std::size_t layers, float last_weight) {
+    Tower tower(0, 2, std::vector<std::size_t>(layers, 2));
     Tower::Edit edit = tower.edit();
     for (std::size_t l = 0; l < tower.num_layers(); ++l) {
-      edit.weight(l).setConstant(1e6f);
-      edit.bias(l).setZero();
+      edit.weight(l).setConstant(l + 1 == tower.num_layers() ? last_weight : 1e6f);
+      edit.bias(l).setConstant(0.5f);
     }
+    return tower;
+  };
+  SECTION("the output itself: about 1e252 after 40 layers") {
+    const Tower tower = tower_of(40, 1e6f);
+    CHECK(make_probes_json(tower).empty());
+    Safetensors st;
+    add_tower(st, "dgu", tower);
+    CHECK_FALSE(st.metadata().count("age.probes.dgu"));
+    CHECK_NOTHROW(read_tower(st, "dgu"));
   }
-  CHECK(make_probes_json(tower).empty());
-  Safetensors st;
-  add_tower(st, "dgu", tower);
-  CHECK_FALSE(st.metadata().count("age.probes.dgu"));
-  CHECK_NOTHROW(read_tower(st, "dgu"));
+  SECTION("a hidden layer only: about 1e38 inside, a zero output weight, logit 0.5") {
+    // In float32 the hidden units overflow to inf and inf * 0 is NaN; in double the logit
+    // is 0.5. Probes would refuse the file its own writer wrote.
+    const Tower tower = tower_of(6, 0.0f);
+    CHECK(make_probes_json(tower).empty());
+    Safetensors st;
+    add_tower(st, "t", tower);
+    CHECK_NOTHROW(read_tower(st, "t"));
+  }
+  SECTION("below the bound the probes are written and verified") {
+    const Tower tower = tower_of(3, 1e6f);  // terms about 1e19
+    REQUIRE_FALSE(make_probes_json(tower).empty());
+    Safetensors st;
+    add_tower(st, "t", tower);
+    CHECK_NOTHROW(read_tower(st, "t"));
+  }
 }

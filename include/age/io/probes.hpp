@@ -66,6 +66,7 @@ struct ProbeValues {
   std::vector<double> gradient;
   double gradient_scale = 0;
   double kink_margin = 0;  // smallest |pre-activation| / its scale over the hidden units
+  double largest_term = 0;  // the largest term magnitude of any layer, forward or backward
 };
 
 // Element j of attempt `attempt` of probe k: a 24-bit SplitMix64 draw mapped to [-1, 1),
@@ -97,6 +98,7 @@ inline ProbeValues reference_probe(const Tower& tower, std::vector<double> input
       }
       y[static_cast<std::size_t>(o)] = s;
       ay[static_cast<std::size_t>(o)] = as;
+      p.largest_term = std::max(p.largest_term, as);
     }
     if (l + 1 < layers) {
       active[l].resize(y.size());
@@ -127,6 +129,7 @@ inline ProbeValues reference_probe(const Tower& tower, std::vector<double> input
         gi[static_cast<std::size_t>(i)] += static_cast<double>(w(o, i)) * g[static_cast<std::size_t>(o)];
         agi[static_cast<std::size_t>(i)] += std::abs(static_cast<double>(w(o, i))) * ag[static_cast<std::size_t>(o)];
       }
+    for (double a : agi) p.largest_term = std::max(p.largest_term, a);
     g = std::move(gi);
     ag = std::move(agi);
   }
@@ -153,12 +156,13 @@ inline void append_array(std::string& out, const std::vector<double>& values, in
   out += ']';
 }
 
-// Whether the float32 passes can represent the probe at all: every value and scale within
-// float range (the passes would give inf where double does not).
+// Whether the float32 passes can represent the probe: every term of every layer, forward
+// and backward, far inside float range (1e30; float ends at 3.4e38), so that no pass
+// overflows to inf, or to NaN where an inf meets a zero weight, where double does not.
+inline constexpr double kLargestProbeTerm = 1e30;
 inline bool representable_probe(const ProbeValues& p) {
-  constexpr double limit = std::numeric_limits<float>::max();
-  const auto ok = [&](double v) { return std::abs(v) <= limit; };  // false for NaN and inf
-  return ok(p.logit) && ok(p.logit_scale) && ok(p.gradient_scale) &&
+  const auto ok = [](double v) { return std::abs(v) <= kLargestProbeTerm; };  // false for NaN and inf
+  return ok(p.largest_term) && ok(p.logit) && ok(p.logit_scale) && ok(p.gradient_scale) &&
          std::all_of(p.gradient.begin(), p.gradient.end(), ok);
 }
 
@@ -195,9 +199,8 @@ inline std::vector<double> probe_vector(const nlohmann::json& j, const char* key
 }  // namespace detail
 
 // The probes of `tower` as the metadata value "age.probes.<prefix>" holds them, or an empty
-// string when the tower's outputs or their scales on such inputs exceed float range (such
-// a tower cannot be probed; its file is written without probes, and its scores are not
-// finite anyway).
+// string when a term of its passes on such inputs exceeds 1e30 (such a tower cannot be
+// probed in float32; its file is written without probes).
 inline std::string make_probes_json(const Tower& tower) {
   if (tower.empty())
     throw ConfigError("make_probes_json: tower: expected a tower with layers, got an empty one (default-constructed "
