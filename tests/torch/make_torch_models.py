@@ -2,7 +2,8 @@
 """Writes the TorchScript adapter test's models and references (CTest label "torch").
 
 Into --out:
-  dcn.pt            a random DCN-v2 tower over (user, items) embeddings, scripted: cross
+  dcn.pt            a random DCN-v2 tower over (user, items) embeddings (the example's,
+                    examples/torch/dcn.py), scripted: cross
                     network and a deep MLP with nn.Dropout (attribute dropout_rate, the
                     adapter's seeded dropout mode)
   dcn_reference.json  random requests (shared and per-candidate users) with float64
@@ -31,31 +32,9 @@ except ImportError:
     print("skipped: python3-torch not installed")
     sys.exit(77)
 
-
-class DcnV2(nn.Module):
-    """DCN-v2 (full-rank cross layers) over h = [user | item]; candidates independent."""
-
-    def __init__(self, user_dim: int, item_dim: int, cross_layers: int, hidden: List[int], dropout: float):
-        super().__init__()
-        self.user_dim = user_dim
-        self.item_dim = item_dim
-        self.dropout_rate = dropout
-        d = user_dim + item_dim
-        self.cross = nn.ModuleList([nn.Linear(d, d) for _ in range(cross_layers)])
-        deep = []
-        width = d
-        for h in hidden:
-            deep += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
-            width = h
-        self.deep = nn.Sequential(*deep)
-        self.head = nn.Linear(d + width, 1)
-
-    def forward(self, user: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        x0 = torch.cat([user.expand(items.size(0), -1), items], dim=1)
-        x = x0
-        for layer in self.cross:
-            x = x0 * layer(x) + x
-        return self.head(torch.cat([x, self.deep(x0)], dim=1)).squeeze(1)
+# The example's DCN-v2 (examples/torch/dcn.py): the test checks the architecture users copy.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples", "torch"))
+from dcn import DcnV2  # noqa: E402
 
 
 class TowerMlp(nn.Module):
