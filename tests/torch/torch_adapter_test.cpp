@@ -324,6 +324,46 @@ TEST_CASE("modules and requests that do not fit fail with age's errors", "[torch
   CHECK_FALSE(scorer.try_score(request, scored, sws).ok());
 }
 
+TEST_CASE("a module of items only, an [N, 1] output and a strided user", "[torch][shapes]") {
+  // Defined from TorchScript source: z = items . w (+ user . v when there is a user part).
+  torch::jit::Module items_only("ItemsOnly");
+  items_only.register_parameter("w", torch::tensor({1.0f, -2.0f, 0.5f}), false);
+  items_only.register_attribute("item_dim", c10::IntType::get(), std::int64_t{3});
+  items_only.define(R"(
+    def forward(self, user: Tensor, items: Tensor) -> Tensor:
+        return torch.matmul(items, self.w).unsqueeze(1)
+  )");
+  const age::TorchCtrModel model(items_only);  // no user_dim attribute: user_dim 0
+  CHECK(model.user_dim() == 0);
+  age::Rng rng(4);
+  const Matrix items = random_matrix(3, 6, rng);
+  const Matrix no_user(0, 1);
+  age::TorchCtrModel::Workspace ws;
+  RowVector z(6), prob(6);
+  model.logits(no_user, items, nullptr, ws, z);
+  const RowVector expected = Eigen::Vector3f(1.0f, -2.0f, 0.5f).transpose() * items;
+  CHECK((z - expected).cwiseAbs().maxCoeff() <= 1e-6f);
+  Matrix d_items, d_user;
+  model.probability_gradient(no_user, items, nullptr, ws, prob, &d_items, &d_user);
+  CHECK(d_user.rows() == 0);
+  for (Index n = 0; n < 6; ++n) {
+    const float slope = prob[n] * (1 - prob[n]);
+    CHECK(d_items(0, n) == Approx(slope * 1.0f).epsilon(1e-5));
+    CHECK(d_items(1, n) == Approx(slope * -2.0f).epsilon(1e-5));
+  }
+
+  // A per-candidate user taken as every other column of a wider matrix (outer stride 2x).
+  const age::TorchCtrModel dcn(test_dir() / "dcn.pt");
+  const Matrix wide = random_matrix(6, 8, rng);
+  const Matrix dcn_items = random_matrix(10, 4, rng);
+  const Eigen::Map<const Matrix, 0, Eigen::OuterStride<>> every_other(wide.data(), 6, 4, Eigen::OuterStride<>(12));
+  const Matrix packed = every_other;
+  RowVector a(4), b(4);
+  dcn.logits(every_other, dcn_items, nullptr, ws, a);
+  dcn.logits(packed, dcn_items, nullptr, ws, b);
+  CHECK(a == b);
+}
+
 TEST_CASE("one adapter serves many threads with the single-thread results", "[torch][threads]") {
   const age::TorchCtrModel dcn(test_dir() / "dcn.pt");
   const age::TorchCtrModel mlp(test_dir() / "mlp.pt");

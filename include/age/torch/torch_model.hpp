@@ -307,10 +307,10 @@ class TorchCtrModel {
       const Matrix user = Matrix::Zero(static_cast<Index>(user_dim_), user_cols);
       try {
         logits(user, items, nullptr, ws, out);
-        if (mode_ == TorchDropoutMode::explicit_masks) {
+        if (mode_ != TorchDropoutMode::none) {  // the masked pass too (forward_masked, or the training copy)
           Mask mask;
           Rng rng(0);
-          sample_mask(0.5, user_cols, rng, mask);
+          sample_mask(mode_ == TorchDropoutMode::seeded ? dropout_rate_ : 0.5, user_cols, rng, mask);
           logits(user, items, &mask, ws, out);
         }
       } catch (const DimensionError& e) {
