@@ -17,7 +17,8 @@
 //   tensor); a module that does is refused with InputError.
 //   Sizes: int attributes `user_dim` and `item_dim` on the module, or given in
 //   TorchModelOptions (both, and they must agree). Every module is probed once when the
-//   adapter is built (a [1, user_dim] and an [N, user_dim] user on 2 candidates).
+//   adapter is built (a [1, user_dim] and an [N, user_dim] user on 2 candidates, without
+//   and with a dropout mask), so that a module that does not fit fails at load.
 //
 // Dropout (MC-Dropout uncertainty, DropoutCtrModel), in one of two modes chosen from what
 // the module offers:
