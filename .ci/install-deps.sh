@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs with apt-get what age's build, tests, examples and benchmarks need on Debian 12
 # (bookworm): compiler and CMake, Eigen, Catch2, nlohmann-json, zlib, Google Benchmark,
-# Debian's PyTorch/NumPy/Matplotlib for the parity test and the plots, and clang with its
+# Debian's PyTorch/NumPy/Matplotlib for the parity test and the plots, libtorch for the
+# TorchScript adapter (age::torch) and its tests, and clang with its
 # runtime libraries (libFuzzer, sanitizers) for .ci/sanitizers.sh. Packages that
 # are already installed are skipped; with nothing missing, apt-get is not run at all.
 # Run as root (or as a user with sudo).
@@ -11,6 +12,7 @@ packages=(
   g++ cmake make
   libeigen3-dev catch2 nlohmann-json3-dev zlib1g-dev libbenchmark-dev
   python3 python3-torch python3-numpy python3-matplotlib
+  libtorch-dev
   clang libclang-rt-14-dev
 )
 

@@ -84,7 +84,7 @@ if(AGE_PKG_MODE STREQUAL "find_package")
     "${AGE_PKG_CMAKE_COMMAND}" -S "${AGE_PKG_CONSUMERS}/find_package_consumer" -B "${consumer_build}"
     ${configure_args} "-DCMAKE_PREFIX_PATH=${prefix_path}" "-DAGE_EXPECTED_PREFIX=${prefix}"
     "-DCONSUMER_WARNINGS_AS_ERRORS=${werror}" "-DCONSUMER_EXPECT_IO=${AGE_PKG_HAVE_IO}"
-    "-DCONSUMER_EXPECT_SIM=${AGE_PKG_HAVE_SIM}")
+    "-DCONSUMER_EXPECT_SIM=${AGE_PKG_HAVE_SIM}" "-DCONSUMER_EXPECT_TORCH=${AGE_PKG_HAVE_TORCH}")
 else()
   step("configure subdirectory_consumer"
     "${AGE_PKG_CMAKE_COMMAND}" -S "${AGE_PKG_CONSUMERS}/subdirectory_consumer" -B "${consumer_build}"
@@ -109,6 +109,17 @@ list(LENGTH passes passes)
 if(NOT passes EQUAL 2)
   message("${step_output}")
   message(FATAL_ERROR "[${AGE_PKG_MODE}] the consumers ran but did not both report 'age consumer OK' (header-only and age::compiled)")
+endif()
+
+# The torch component of the installed package (built only where age found libtorch).
+if(AGE_PKG_MODE STREQUAL "find_package" AND AGE_PKG_HAVE_TORCH)
+  step("build and run consumer_torch"
+    "${AGE_PKG_CMAKE_COMMAND}" --build "${consumer_build}" --config ${build_type} --target run_consumer_torch)
+  if(NOT step_output MATCHES "age torch consumer OK")
+    message("${step_output}")
+    message(FATAL_ERROR "[find_package] consumer_torch ran but did not report 'age torch consumer OK'")
+  endif()
+  message("consumer: age::torch from the installed package scored a TorchScript module")
 endif()
 
 file(REMOVE_RECURSE "${work}")
