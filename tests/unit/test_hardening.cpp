@@ -270,6 +270,27 @@ TEST_CASE("absurd but finite settings are refused where they are set, naming set
       {"finite-difference step 1e300", [&] { FiniteDifferenceModel<Tower>(model, kHuge); },
        {"FiniteDifferenceModel.step", "got 1e+300"}},
       {"settings of the ablations", [&] { age_ts(model, dgu, AgeSettings{.lambda = kHuge}); }, {"Pgd.lambda"}},
+      {"a constant delta 1e300", [] { ConstantDelta{.value = kHuge}.validate(); },
+       {"ConstantDelta.value", "[-1e+12, 1e+12]", "got 1e+300"}},
+      {"a constant delta -1e300", [] { ConstantDelta{.value = -kHuge}.validate(); },
+       {"ConstantDelta.value", "got -1e+300"}},
+      {"impression half count 1e300",
+       [] { ImpressionScaled<ConstantDelta>{.half_count = kHuge}.validate(); },
+       {"ImpressionScaled.half_count", "(0, 1e+12]", "got 1e+300"}},
+      {"impression power 1e300", [] { ImpressionScaled<ConstantDelta>{.power = kHuge}.validate(); },
+       {"ImpressionScaled.power", "got 1e+300"}},
+      {"additive bonus scale 1e300", [] { AdditiveBonus{.scale = kHuge}.validate(); },
+       {"AdditiveBonus.scale", "got 1e+300"}},
+      {"propensity draws 1e12", [] { PropensityOptions{.draws = 1'000'000'000'000}.validate(); },
+       {"PropensityOptions.draws", "expected 1 to 100000000", "got 1000000000000"}},
+      {"a calibration grid reaching 1e300",
+       [&] {
+         const std::vector<Request> requests{Request{Vector::Zero(3), Matrix::Zero(5, 2), 1}};
+         const std::vector<double> lambdas{1.0, kHuge};
+         (void)calibrate_lambda([&](double l) { return AgeTs<Tower>(model, gate, {}, Pgd{.lambda = l}); },
+                                std::span<const Request>(requests), std::span<const double>(lambdas));
+       },
+       {"calibrate_lambda: lambdas[1]", "[0, 1e+12]", "got 1e+300"}},
   };
   for (const Row& row : rows) {
     DYNAMIC_SECTION(row.name) { require_error<ConfigError>(row.build, row.parts); }

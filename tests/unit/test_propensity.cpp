@@ -268,7 +268,7 @@ TEST_CASE("propensities: positions beyond N are clipped, bad options and inputs 
   CHECK(compute_propensities(greedy, f.request(), {.positions = 10}).positions() == 3);
   CHECK_THROWS_AS(compute_propensities(greedy, f.request(), {.positions = 0}), ConfigError);
   CHECK_THROWS_WITH(compute_propensities(greedy, f.request(), {.draws = 0}),
-                    Catch::Contains("PropensityOptions.draws: expected >= 1, got 0"));
+                    Catch::Contains("PropensityOptions.draws: expected 1 to 100000000, got 0"));
   CHECK_THROWS_WITH(compute_propensities(greedy, f.request(), {.floor = 2.0}),
                     Catch::Contains("PropensityOptions.floor: expected a value in [0, 1]"));
   // `served` must be the policy's scores of this request.

@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "age/core/error.hpp"
+#include "age/core/limits.hpp"
 #include "age/core/types.hpp"
 #include "age/explore/request.hpp"
 
@@ -164,9 +165,10 @@ LambdaCalibration calibrate_lambda(MakeExplorer&& make, std::span<const Request>
   if (options.top_k < 1)
     throw ConfigError("calibrate_lambda: top_k: expected >= 1, got " + std::to_string(options.top_k));
   for (std::size_t i = 0; i < lambdas.size(); ++i)
-    if (!(lambdas[i] >= 0.0 && std::isfinite(lambdas[i])) || (i > 0 && !(lambdas[i] > lambdas[i - 1])))
-      throw ConfigError("calibrate_lambda: lambdas[" + std::to_string(i) +
-                        "]: expected finite values >= 0 in increasing order, got " + std::to_string(lambdas[i]));
+    if (!(lambdas[i] >= 0.0 && lambdas[i] <= kMaxSettingScale) || (i > 0 && !(lambdas[i] > lambdas[i - 1])))
+      throw ConfigError("calibrate_lambda: lambdas[" + std::to_string(i) + "]: expected values in [0, " +
+                        detail::setting_number(kMaxSettingScale) + "] in increasing order, got " +
+                        detail::setting_number(lambdas[i]));
   LambdaCalibration c;
   c.top_k = options.top_k;
   c.requests = requests.size();

@@ -333,8 +333,7 @@ struct AdditiveBonus {
   struct Workspace {};
 
   void validate() const {
-    if (!(scale >= 0.0 && std::isfinite(scale)))
-      throw ConfigError("AdditiveBonus.scale: expected a finite value >= 0, got " + std::to_string(scale));
+    detail::check_scale("AdditiveBonus.scale", scale, /*positive=*/false);
   }
 
   template <EvaluationEngine E>

@@ -82,6 +82,9 @@ inline PropensityMethod propensity_method_from_string(std::string_view s) {
 
 // The floor closed forms use unless PropensityOptions::floor is set.
 inline constexpr double kExactPropensityFloor = 1e-6;
+// More Monte-Carlo draws than this is taken as a mistake (each draw scores the request
+// once: 1e8 draws of one request take minutes, 1e18 never end).
+inline constexpr std::size_t kMaxPropensityDraws = 100'000'000;
 
 struct PropensityOptions {
   std::size_t positions = 1;     // K positions of the ranking (top pick = 1); clipped to N
@@ -90,10 +93,13 @@ struct PropensityOptions {
   std::uint64_t seed = 0;        // seeds the alternative request ids
   bool monte_carlo_only = false;  // ignore closed forms (checks, tests)
 
-  // ConfigError naming the field: positions = 0, draws = 0, floor outside [0, 1].
+  // ConfigError naming the field: positions = 0, draws outside [1, kMaxPropensityDraws],
+  // floor outside [0, 1].
   void validate() const {
     if (positions == 0) throw ConfigError("PropensityOptions.positions: expected >= 1, got 0");
-    if (draws == 0) throw ConfigError("PropensityOptions.draws: expected >= 1, got 0");
+    if (draws == 0 || draws > kMaxPropensityDraws)
+      throw ConfigError("PropensityOptions.draws: expected 1 to " + std::to_string(kMaxPropensityDraws) + ", got " +
+                        std::to_string(draws));
     if (!(floor >= 0.0 && floor <= 1.0))
       throw ConfigError("PropensityOptions.floor: expected a value in [0, 1], got " + std::to_string(floor));
   }

@@ -189,8 +189,11 @@ struct ConstantDelta {
   template <class E>
   struct Workspace {};
 
+  // |value| <= kMaxSettingScale: it scales the move like lambda' does (ConfigError).
   void validate() const {
-    if (!std::isfinite(value)) throw ConfigError("ConstantDelta.value: expected a finite value, got " + std::to_string(value));
+    if (!(std::abs(value) <= kMaxSettingScale))
+      throw ConfigError("ConstantDelta.value: expected a value in [-" + detail::setting_number(kMaxSettingScale) + ", " +
+                        detail::setting_number(kMaxSettingScale) + "], got " + detail::setting_number(value));
   }
 
   template <EvaluationEngine E>
@@ -219,10 +222,8 @@ struct ImpressionScaled {
 
   void validate() const {
     inner.validate();
-    if (!(half_count > 0.0 && std::isfinite(half_count)))
-      throw ConfigError("ImpressionScaled.half_count: expected a finite value > 0, got " + std::to_string(half_count));
-    if (!(power >= 0.0 && std::isfinite(power)))
-      throw ConfigError("ImpressionScaled.power: expected a finite value >= 0, got " + std::to_string(power));
+    detail::check_scale("ImpressionScaled.half_count", half_count, /*positive=*/true);
+    detail::check_scale("ImpressionScaled.power", power, /*positive=*/false);
   }
 
   // The factor of a candidate shown `count` times.
