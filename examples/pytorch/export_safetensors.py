@@ -352,10 +352,12 @@ def model_bytes(model, metadata: Optional[Dict[str, str]] = None, dgu=None) -> b
     return serialize(tensors, meta)
 
 
-def dgu_bytes(dgu, metadata: Optional[Dict[str, str]] = None) -> bytes:
-    """A file holding the DGU alone (as age::save_dgu writes it)."""
+def dgu_bytes(dgu, metadata: Optional[Dict[str, str]] = None,
+              extra_tensors: Sequence[Tuple[str, np.ndarray]] = ()) -> bytes:
+    """A file holding the DGU (as age::save_dgu writes it), after `extra_tensors` (e.g. the
+    embedding tables of a model that is not an AgeCtrModel; names must not start with "dgu.")."""
     meta = _user_metadata(metadata)
-    tensors: List[Tuple[str, np.ndarray]] = []
+    tensors: List[Tuple[str, np.ndarray]] = list(extra_tensors)
     _add_dgu(tensors, meta, dgu, None)
     return serialize(tensors, meta)
 

@@ -24,7 +24,7 @@ int main(int argc, char** argv) try {
   at::set_num_threads(1);
 
   const age::TorchCtrModel model(argv[1]);   // forward(user, items) -> logits
-  const age::Tower dgu = age::load_tower(argv[2], "dgu");  // item_dim -> 32 -> 1
+  const age::Tower dgu = age::load_dgu(argv[2]);  // item_dim -> 32 -> 1
   const age::Safetensors tables = age::read_safetensors(argv[2]);
   const age::TensorData& users = tables.at("embedding.user");
   const age::TensorData& items = tables.at("embedding.item");

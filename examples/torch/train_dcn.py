@@ -6,21 +6,21 @@ The synthetic world: users and items with hidden taste vectors, a click probabil
 sigmoid(u' A v + b_item - 2), and impressions that follow a Zipf law over the items, so that
 the tail items are seen rarely -- the items AGE exists for. The model learns user and item
 embeddings (nn.Embedding) and a DCN-v2 tower over them (examples/torch/dcn.py); a Dynamic
-Gating Unit, an MLP item_dim -> 32 -> 1 on the item embedding, learns the average CTR of
-each item with a stop-gradient into the embeddings (the DGU must not move them).
+Gating Unit (AgeDgu of examples/pytorch/age_model.py), an MLP item_dim -> 32 -> 1 on the
+item embedding, learns the average CTR of each item with a stop-gradient into the
+embeddings (the DGU must not move them).
 
 Writes into --out:
   model.pt            the DCN-v2 tower over (user, items) embeddings, scripted
   explore.safetensors the embeddings (embedding.user [users, user_dim], embedding.item
-                      [items, item_dim]) and the DGU as an age tower under the prefix "dgu"
-                      (dgu.<l>.weight [out, in], dgu.<l>.bias, metadata age.tower.dgu), the
-                      layout of include/age/io/model_io.hpp, read with age::load_tower
+                      [items, item_dim]) and the DGU, written by the exporter
+                      (export_safetensors.dgu_bytes: its checks, "age.tower.dgu" and the
+                      load-time probes), read with age::load_dgu
 
 Exit code 77 when torch is not installed (the example's test is then reported as skipped).
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -37,7 +37,8 @@ here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, here)
 sys.path.insert(0, os.path.join(here, "..", "pytorch"))
 from dcn import DcnV2  # noqa: E402
-from export_safetensors import serialize  # noqa: E402
+from age_model import AgeDgu  # noqa: E402
+from export_safetensors import dgu_bytes  # noqa: E402
 
 USER_DIM, ITEM_DIM, DGU_HIDDEN = 8, 16, 32
 
@@ -78,7 +79,7 @@ def main():
     for e in (user_emb, item_emb):
         nn.init.normal_(e.weight, 0.0, 0.1)
     tower = DcnV2(USER_DIM, ITEM_DIM, cross_layers=2, hidden=[64, 32], dropout=0.1)
-    dgu = nn.Sequential(nn.Linear(ITEM_DIM, DGU_HIDDEN), nn.ReLU(), nn.Linear(DGU_HIDDEN, 1))
+    dgu = AgeDgu(ITEM_DIM, [DGU_HIDDEN])
     params = list(user_emb.parameters()) + list(item_emb.parameters()) + list(tower.parameters()) + list(dgu.parameters())
     optimizer = torch.optim.Adam(params, lr=3e-3)
     bce = nn.BCEWithLogitsLoss()
@@ -91,7 +92,7 @@ def main():
         loss = bce(tower(user_emb(u), h_item), click)
         # The DGU reads the item embedding through a stop-gradient (detach): it learns the
         # item's average CTR without moving the embeddings the main model uses.
-        loss_dgu = bce(dgu(h_item.detach()).squeeze(1), click)
+        loss_dgu = bce(dgu(h_item.detach()), click)
         optimizer.zero_grad()
         (loss + loss_dgu).backward()
         optimizer.step()
@@ -102,15 +103,11 @@ def main():
     print(f"trained {steps} steps in {time.monotonic() - started:.1f} s: BCE model {loss:.4f}, DGU {loss_dgu:.4f}")
 
     torch.jit.script(tower).save(os.path.join(args.out, "model.pt"))
-    tensors = [("embedding.user", user_emb.weight.detach().numpy()),
-               ("embedding.item", item_emb.weight.detach().numpy())]
-    linears = [m for m in dgu if isinstance(m, nn.Linear)]
-    for l, m in enumerate(linears):
-        tensors += [(f"dgu.{l}.weight", m.weight.detach().numpy()), (f"dgu.{l}.bias", m.bias.detach().numpy())]
-    config = {"version": 1, "user_dim": 0, "item_dim": ITEM_DIM, "hidden": [DGU_HIDDEN]}
-    metadata = {"age.tower.dgu": json.dumps(config, separators=(",", ":"))}
+    dgu.eval()
+    tables = [("embedding.user", user_emb.weight.detach().numpy()),
+              ("embedding.item", item_emb.weight.detach().numpy())]
     with open(os.path.join(args.out, "explore.safetensors"), "wb") as f:
-        f.write(serialize(tensors, metadata))
+        f.write(dgu_bytes(dgu, extra_tensors=tables))
     print(f"wrote {args.out}/model.pt and {args.out}/explore.safetensors")
     return 0
 
