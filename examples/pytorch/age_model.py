@@ -26,35 +26,13 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from age_hash import hash_row  # noqa: F401  (re-exported: the row of an id, as age hashes it)
+
 SIDES = ("user", "item")
 KINDS = ("categorical", "multi_hot", "dense")
 # The hidden activation of age's tower (recorded in the config as "activation").
 ACTIVATION = "relu"
 POOLINGS = ("sum", "mean")
-
-_MASK64 = (1 << 64) - 1
-
-
-def _mix64(x: int) -> int:
-    """SplitMix64 finaliser (age::detail::mix64)."""
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def _name_salt(name: str) -> int:
-    """FNV-1a of the field name's UTF-8 bytes (age::detail::name_salt)."""
-    h = 0xCBF29CE484222325
-    for byte in name.encode("utf-8"):
-        h = ((h ^ byte) * 0x100000001B3) & _MASK64
-    return h
-
-
-def hash_row(field_name: str, id_: int, rows: int) -> int:
-    """Row of a 64-bit id in a table of `rows` rows (age::hash_row)."""
-    return _mix64((id_ & _MASK64) ^ _name_salt(field_name)) % rows
-
 
 @dataclass
 class Field:

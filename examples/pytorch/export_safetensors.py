@@ -44,6 +44,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from age_hash import mix64
+
 _DTYPES = {"F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
 
 
@@ -110,20 +112,12 @@ class ExportError(ValueError):
 
 # --- load-time probes (the rule of include/age/io/probes.hpp) ------------------------------
 PROBE_COUNT = 8
-_MASK64 = (1 << 64) - 1
-
-
-def _mix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
 
 
 def probe_inputs(k: int, attempt: int, dim: int) -> np.ndarray:
     """Attempt `attempt` of probe k: 24-bit SplitMix64 draws mapped to [-1, 1), exact in float32."""
     base = ((k * 64 + attempt) << 32)
-    return np.array([((_mix64(base + j) >> 40) - 8388608) / 8388608.0 for j in range(dim)], dtype=np.float64)
+    return np.array([((mix64(base + j) >> 40) - 8388608) / 8388608.0 for j in range(dim)], dtype=np.float64)
 
 
 def reference_probe(layers: Sequence[Tuple[np.ndarray, np.ndarray]], x: np.ndarray) -> dict:
@@ -389,56 +383,59 @@ def _write_atomic(path: str, data: bytes) -> None:
         raise
 
 
-def load_model(path: str):
-    """(AgeCtrModel, free-form metadata) from an age model file (written by C++ or here)."""
-    import torch
-    from age_model import AgeCtrModel
-
+def _read_file(path: str, key: str, what: str):
+    """(tensors, metadata, parsed JSON of metadata[key]) of an age file."""
     with open(path, "rb") as f:
         tensors, metadata = parse(f.read())
-    if "age.config" not in metadata:
-        raise ValueError(f"{path}: missing metadata 'age.config' (not an age model file?)")
-    model = AgeCtrModel.from_config(json.loads(metadata["age.config"]))
+    if key not in metadata:
+        raise ValueError(f"{path}: missing metadata {key!r} ({what})")
+    return tensors, metadata, json.loads(metadata[key])
+
+
+def _copy_parameter(param, tensors, name: str, path: str) -> None:
+    """param <- tensors[name], which must be present with param's shape."""
+    import torch
+    if name not in tensors:
+        raise ValueError(f"{path}: missing tensor {name!r}")
+    if tuple(tensors[name].shape) != tuple(param.shape):
+        raise ValueError(f"{path}: tensor {name!r} has shape {list(tensors[name].shape)}, expected {list(param.shape)}")
+    with torch.no_grad():
+        param.copy_(torch.from_numpy(tensors[name].astype(np.float32)))
+
+
+def load_model(path: str):
+    """(AgeCtrModel, free-form metadata) from an age model file (written by C++ or here)."""
+    from age_model import AgeCtrModel
+
+    tensors, metadata, config = _read_file(path, "age.config", "not an age model file?")
+    model = AgeCtrModel.from_config(config)
     model.eval()
-    expected = {name: array.shape for name, array in model_tensors(model)}
-    model_names = set(expected)
+    model_names = {name for name, _ in model_tensors(model)}
     for name in tensors:
         # Extra towers ("age.tower.<prefix>") may share the file; they are not this module's.
         if name not in model_names and not any(name.startswith(k[len("age.tower."):] + ".")
                                                for k in metadata if k.startswith("age.tower.")):
             raise ValueError(f"{path}: unknown tensor {name!r}")
-    with torch.no_grad():
-        for name, shape in expected.items():
-            if name not in tensors:
-                raise ValueError(f"{path}: missing tensor {name!r}")
-            if tuple(tensors[name].shape) != tuple(shape):
-                raise ValueError(f"{path}: tensor {name!r} has shape {list(tensors[name].shape)}, expected {list(shape)}")
-            if name.startswith("embedding."):
-                param = model.embeddings[name[len("embedding."):]].weight
-            else:
-                _, l, what = name.split(".")
-                param = getattr(model.layers[int(l)], what)
-            param.copy_(torch.from_numpy(tensors[name].astype(np.float32)))
+    for name in sorted(model_names):
+        if name.startswith("embedding."):
+            param = model.embeddings[name[len("embedding."):]].weight
+        else:
+            _, l, what = name.split(".")
+            param = getattr(model.layers[int(l)], what)
+        _copy_parameter(param, tensors, name, path)
     return model, {k: v for k, v in metadata.items() if not k.startswith("age.")}
 
 
 def load_dgu(path: str):
     """The AgeDgu stored in an age file under "dgu" (with a model, or alone)."""
-    import torch
     from age_model import AgeDgu
 
-    with open(path, "rb") as f:
-        tensors, metadata = parse(f.read())
-    if "age.tower.dgu" not in metadata:
-        raise ValueError(f"{path}: missing metadata 'age.tower.dgu' (no DGU in this file)")
-    dgu = AgeDgu.from_config(json.loads(metadata["age.tower.dgu"]))
+    tensors, _, config = _read_file(path, "age.tower.dgu", "no DGU in this file")
+    dgu = AgeDgu.from_config(config)
     dgu.eval()
-    with torch.no_grad():
-        for name, array in tower_tensors("dgu", dgu):
-            if name not in tensors or tuple(tensors[name].shape) != tuple(array.shape):
-                raise ValueError(f"{path}: tensor {name!r} missing or not of shape {list(array.shape)}")
-            _, l, what = name.split(".")
-            getattr(dgu.layers[int(l)], what).copy_(torch.from_numpy(tensors[name].astype(np.float32)))
+    for l, layer in enumerate(dgu.layers):
+        _copy_parameter(layer.weight, tensors, f"dgu.{l}.weight", path)
+        _copy_parameter(layer.bias, tensors, f"dgu.{l}.bias", path)
     return dgu
 
 

@@ -38,18 +38,11 @@ except ImportError:
     print("skipped: python3-torch not installed")
     sys.exit(77)
 
-from age_model import AgeCtrModel, AgeDgu, Field, hash_row  # noqa: E402
+from age_hash import fnv1a64, hash_row  # noqa: E402
+from age_model import AgeCtrModel, AgeDgu, Field  # noqa: E402
 import export_safetensors  # noqa: E402
 
 DEFAULT_DATA = os.path.join(HERE, "..", "data", "obd", "men", "random")
-
-
-def fnv1a(text: str) -> int:
-    """age::sim::obd_feature_id: FNV-1a 64 of the string's bytes."""
-    h = 0xCBF29CE484222325
-    for byte in text.encode("utf-8"):
-        h = ((h ^ byte) * 0x100000001B3) & ((1 << 64) - 1)
-    return h
 
 
 def is_number(text: str) -> bool:
@@ -83,7 +76,7 @@ def read_obd(log_path: str, items_path: str, rows: int):
                 break
             item = int(r[col["item_id"]])
             affinity = float(r[col[f"user-item_affinity_{item}"]]) if f"user-item_affinity_{item}" in col else 0.0
-            samples.append(([fnv1a(r[i]) for i in user_cols], item, affinity, float(r[col["click"]])))
+            samples.append(([fnv1a64(r[i]) for i in user_cols], item, affinity, float(r[col["click"]])))
     return [header[i] for i in user_cols], dense_names, item_dense, samples
 
 
