@@ -91,15 +91,18 @@ inline ProbeValues reference_probe(const Tower& tower, std::vector<double> input
     const Vector& b = tower.bias(l);
     std::vector<double> y(static_cast<std::size_t>(w.rows())), ay(y.size());
     for (Index o = 0; o < w.rows(); ++o) {
-      double s = b[o], as = std::abs(static_cast<double>(b[o]));
-      for (Index i = 0; i < w.cols(); ++i) {
-        s += static_cast<double>(w(o, i)) * x[static_cast<std::size_t>(i)];
-        as += std::abs(static_cast<double>(w(o, i))) * ax[static_cast<std::size_t>(i)];
-      }
-      y[static_cast<std::size_t>(o)] = s;
-      ay[static_cast<std::size_t>(o)] = as;
-      p.largest_term = std::max(p.largest_term, as);
+      y[static_cast<std::size_t>(o)] = b[o];
+      ay[static_cast<std::size_t>(o)] = std::abs(static_cast<double>(b[o]));
     }
+    // Column by column (w is column-major); each sum still adds its terms in input order.
+    for (Index i = 0; i < w.cols(); ++i) {
+      const double xi = x[static_cast<std::size_t>(i)], axi = ax[static_cast<std::size_t>(i)];
+      for (Index o = 0; o < w.rows(); ++o) {
+        y[static_cast<std::size_t>(o)] += static_cast<double>(w(o, i)) * xi;
+        ay[static_cast<std::size_t>(o)] += std::abs(static_cast<double>(w(o, i))) * axi;
+      }
+    }
+    for (double a : ay) p.largest_term = std::max(p.largest_term, a);
     if (l + 1 < layers) {
       active[l].resize(y.size());
       for (std::size_t o = 0; o < y.size(); ++o) {
