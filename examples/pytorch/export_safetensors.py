@@ -112,6 +112,12 @@ class ExportError(ValueError):
 
 # --- load-time probes (the rule of include/age/io/probes.hpp) ------------------------------
 PROBE_COUNT = 8
+PROBE_VALUE_BUDGET = 65536
+
+
+def probe_count(input_dim: int) -> int:
+    """age::probe_count: 8 probes, fewer for inputs wider than 8192 (2 * input_dim numbers each)."""
+    return PROBE_COUNT if input_dim == 0 else max(1, min(PROBE_COUNT, PROBE_VALUE_BUDGET // input_dim))
 
 
 def probe_inputs(k: int, attempt: int, dim: int) -> np.ndarray:
@@ -154,7 +160,7 @@ def probes_json(layers: Sequence[Tuple[np.ndarray, np.ndarray]], input_dim: int)
     when a term of its passes exceeds 1e30 (the C++ writer then writes no probes either)."""
     out = []
     limit = 1e30
-    for k in range(PROBE_COUNT):
+    for k in range(probe_count(input_dim)):
         best = None
         for attempt in range(8):
             p = reference_probe(layers, probe_inputs(k, attempt, input_dim))
@@ -263,7 +269,7 @@ def _self_check(run, layers, input_dim: int, owner: str) -> None:
     """The module's own forward, in float64 on the probe inputs, must give the logits of the
     network the file holds (catches what the structural checks cannot see)."""
     import torch
-    for k in range(PROBE_COUNT):
+    for k in range(probe_count(input_dim)):
         ref = reference_probe(layers, probe_inputs(k, 0, input_dim))
         with torch.no_grad():
             got = float(run(torch.from_numpy(ref["input"]).unsqueeze(0))[0])

@@ -181,7 +181,7 @@ TEST_CASE("the stored probes are what float32 passes give, far inside the defaul
       CHECK_THROWS_AS(verify_probes(tower, probes, "tower", "t", 1e-12), FormatError);
 
     const nlohmann::json j = nlohmann::json::parse(probes);
-    REQUIRE(j["probes"].size() == kProbeCount);
+    REQUIRE(j["probes"].size() == probe_count(tower.input_dim()));
     for (const auto& p : j["probes"]) {
       REQUIRE(p["input"].size() == tower.input_dim());
       for (const auto& v : p["input"]) {
@@ -191,6 +191,16 @@ TEST_CASE("the stored probes are what float32 passes give, far inside the defaul
       }
     }
   }
+  // A wide input gets fewer probes: 2 * input_dim numbers each, about 65536 in all.
+  CHECK(probe_count(200) == kProbeCount);
+  CHECK(probe_count(8192) == 8);
+  CHECK(probe_count(10000) == 6);
+  CHECK(probe_count(66661) == 1);
+  const Tower wide = random_tower(0, 20000, {2}, 9);
+  const std::string wide_probes = make_probes_json(wide);
+  CHECK(nlohmann::json::parse(wide_probes)["probes"].size() == 3);
+  CHECK(wide_probes.size() < 1'700'000);  // the bound probes.hpp states (about 1.6 MB)
+  CHECK_NOTHROW(verify_probes(wide, wide_probes, "tower", "t"));
   // Another tower of the same shape has other probe values.
   const Tower a = random_tower(4, 4, {8}, 1), b = random_tower(4, 4, {8}, 2);
   CHECK(make_probes_json(a) != make_probes_json(b));

@@ -5,6 +5,8 @@
 // layer the file cannot hold), or a service built with flags that break the arithmetic is
 // refused when it is loaded, not found out from its scores.
 //
+// A tower gets 8 probes (fewer when its input is wider than 8192: probe_count()).
+//
 // Stored as metadata "age.probes.<prefix>" (prefix "tower" for the model's own tower, the
 // extra tower's prefix otherwise, e.g. "dgu"), a JSON string:
 //   {"version":1,"probes":[{"input":[..],"logit":z,"logit_scale":s,
@@ -54,6 +56,14 @@ namespace age {
 
 inline constexpr std::string_view kProbesKeyPrefix = "age.probes.";
 inline constexpr std::size_t kProbeCount = 8;
+// A probe stores 2 * input_dim numbers: a wide input gets fewer probes, so that they stay
+// a small part of the file (at most about 1.6 MB of text for any width).
+inline constexpr std::size_t kProbeValueBudget = 65536;
+// How many probes a tower with `input_dim` inputs gets: kProbeCount, fewer above
+// kProbeValueBudget / kProbeCount inputs, at least 1.
+constexpr std::size_t probe_count(std::size_t input_dim) noexcept {
+  return input_dim == 0 ? kProbeCount : std::clamp<std::size_t>(kProbeValueBudget / input_dim, 1, kProbeCount);
+}
 // More probes than this in a file is taken as corruption: each costs a pass at load.
 inline constexpr std::size_t kMaxProbes = 64;
 
@@ -209,7 +219,7 @@ inline std::string make_probes_json(const Tower& tower) {
     throw ConfigError("make_probes_json: tower: expected a tower with layers, got an empty one (default-constructed "
                       "or moved from)");
   std::string out = "{\"version\":1,\"probes\":[";
-  for (std::size_t k = 0; k < kProbeCount; ++k) {
+  for (std::size_t k = 0; k < probe_count(tower.input_dim()); ++k) {
     // Redraw while a hidden unit sits on the kink; keep the best of 8 draws otherwise.
     detail::ProbeValues best;
     bool have = false;
@@ -290,24 +300,26 @@ inline void verify_probes(const Tower& tower, std::string_view json, std::string
     tower.forward(user, items, nullptr, ws);
     tower.backward(d_logit, user, items, ws, nullptr, tower.user_dim() ? &d_user : nullptr, &d_items);
 
-    // The allowed difference, with a floor for a scale of 0 (a zero tower).
-    const auto check = [&](double computed, double expected, double scale, const std::string& output) {
+    // The allowed difference, with a floor for a scale of 0 (a zero tower). `output` names
+    // the value (element i of the gradient when i >= 0), only when it fails.
+    const auto check = [&](double computed, double expected, double scale, std::ptrdiff_t i) {
       const double allowed = tolerance * scale + 1e-30;
       const double diff = std::abs(computed - expected);
-      if (!(diff <= allowed))
-        throw FormatError(pw + ": " + output + " computed " + detail::probe_number(computed, 9) + ", stored " +
-                          detail::probe_number(expected, 9) + ", difference " + detail::probe_number(diff, 3) +
-                          " > allowed " + detail::probe_number(allowed, 3) + " (tolerance " +
-                          detail::probe_number(tolerance, 3) +
-                          " of the terms' scale): the weights or the arithmetic differ from the ones the file was "
-                          "written with");
+      if (diff <= allowed) return;
+      const std::string output = i < 0 ? std::string("logit") : "gradient[" + std::to_string(i) + "]";
+      throw FormatError(pw + ": " + output + " computed " + detail::probe_number(computed, 9) + ", stored " +
+                        detail::probe_number(expected, 9) + ", difference " + detail::probe_number(diff, 3) +
+                        " > allowed " + detail::probe_number(allowed, 3) + " (tolerance " +
+                        detail::probe_number(tolerance, 3) +
+                        " of the terms' scale): the weights or the arithmetic differ from the ones the file was "
+                        "written with");
     };
-    check(static_cast<double>(logit[0]), stored, logit_scale, "logit");
+    check(static_cast<double>(logit[0]), stored, logit_scale, -1);
     for (std::size_t i = 0; i < dim; ++i) {
       const double computed = i < tower.user_dim()
                                   ? static_cast<double>(d_user(static_cast<Index>(i), 0))
                                   : static_cast<double>(d_items(static_cast<Index>(i - tower.user_dim()), 0));
-      check(computed, gradient[i], gradient_scale, "gradient[" + std::to_string(i) + "]");
+      check(computed, gradient[i], gradient_scale, static_cast<std::ptrdiff_t>(i));
     }
   }
 }
