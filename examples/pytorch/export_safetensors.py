@@ -25,7 +25,8 @@ file cannot hold, a subclass that overrides the tower's arithmetic, an activatio
 ReLU. It then checks the module against the file it is about to write: the module's own
 tower, run in float64 on the probe inputs, must give the probes' logits.
 
-Probes (include/age/io/probes.hpp): 8 inputs chosen by a fixed SplitMix64 rule, with the
+Probes (include/age/io/probes.hpp): 8 inputs (fewer above 8192 inputs) chosen by a fixed
+SplitMix64 rule, with the
 tower's logit, input gradient and the scale of their terms computed in float64 from the
 float32 weights and rounded to 7 digits; age::load_model recomputes them with its own
 float32 passes and refuses the file when one is off by more than 1e-5 of its scale.
