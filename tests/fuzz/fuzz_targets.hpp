@@ -7,20 +7,26 @@
 // PropertyViolation (an accepted input that breaks a round trip or a consistency rule).
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <optional>
 #include <span>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "age/core/error.hpp"
+#include "age/explore/served_record.hpp"
 #include "age/io/model_io.hpp"
 #include "age/io/safetensors.hpp"
+#include "age/io/served_log.hpp"
 #include "age/model/embedding_model.hpp"
+#include "age/sim/obd.hpp"
 
 #if __has_include("age/sim/r6b.hpp")
 #include "age/sim/r6b.hpp"
@@ -268,6 +274,229 @@ inline Outcome model_config(std::span<const std::uint8_t> data) {
   require(back.layout() == model.layout() && back.tower().hidden() == model.tower().hidden(),
           "loaded layout differs from the parsed config");
   return Outcome::Loaded;
+}
+
+// --- CSV and JSON-lines logs ---------------------------------------------------------
+
+namespace detail {
+
+// The lines std::getline yields for `text` (a last line without '\n' counts) that are not
+// blank by the reader's rule: `blank(line)` after dropping a trailing '\r'.
+template <class Blank>
+std::size_t count_lines(std::string_view text, Blank blank) {
+  std::size_t n = 0, begin = 0;
+  while (begin < text.size()) {
+    std::size_t end = text.find('\n', begin);
+    if (end == std::string_view::npos) end = text.size();
+    if (!blank(age::detail::csv::chomp(text.substr(begin, end - begin)))) ++n;
+    begin = end + 1;
+  }
+  return n;
+}
+
+inline bool same_obd_record(const age::sim::ObdRecord& a, const age::sim::ObdRecord& b) {
+  return a.index == b.index && a.timestamp == b.timestamp && a.item == b.item && a.position == b.position &&
+         a.click == b.click && a.propensity == b.propensity && a.user_features == b.user_features &&
+         a.affinity == b.affinity && a.line == b.line;
+}
+
+inline bool same_obd_log(const age::sim::ObdLog& a, const age::sim::ObdLog& b) {
+  if (a.records.size() != b.records.size() || a.items.size() != b.items.size()) return false;
+  for (std::size_t i = 0; i < a.records.size(); ++i)
+    if (!same_obd_record(a.records[i], b.records[i])) return false;
+  for (std::size_t i = 0; i < a.items.size(); ++i)
+    if (a.items[i].id != b.items[i].id || a.items[i].dense != b.items[i].dense ||
+        a.items[i].categorical != b.items[i].categorical)
+      return false;
+  return a.user_feature_names == b.user_feature_names && a.item_dense_names == b.item_dense_names &&
+         a.item_categorical_names == b.item_categorical_names && a.positions == b.positions;
+}
+
+// What read_obd promises of a log it returns (the checks listed at the top of obd.hpp).
+inline void check_obd_log(const age::sim::ObdLog& log) {
+  require(!log.items.empty(), "OBD: a log without items");
+  for (std::size_t i = 0; i < log.items.size(); ++i) {
+    const age::sim::ObdItem& item = log.items[i];
+    require(item.id == i, "OBD: items[" + std::to_string(i) + "].id is " + std::to_string(item.id));
+    require(item.dense.size() == log.item_dense_names.size() &&
+                item.categorical.size() == log.item_categorical_names.size(),
+            "OBD: an item's feature counts differ from the item file's columns");
+    for (double v : item.dense) require(std::isfinite(v), "OBD: a non-finite dense item feature");
+  }
+  std::uint32_t positions = 0;
+  std::size_t line = 1;
+  for (const age::sim::ObdRecord& r : log.records) {
+    const std::string at = "OBD record of line " + std::to_string(r.line) + ": ";
+    require(r.line > line, at + "lines out of order");
+    line = r.line;
+    require(r.item < log.items.size(), at + "item out of range");
+    require(r.position >= 1 && r.position <= 1000, at + "position out of [1, 1000]");
+    require(r.propensity > 0.0 && r.propensity <= 1.0, at + "propensity out of (0, 1]");
+    require(r.user_features.size() == log.user_feature_names.size(), at + "user feature count");
+    require(r.affinity.size() == log.records.front().affinity.size() &&
+                (r.affinity.empty() || r.affinity.size() == log.items.size()),
+            at + "affinity count");
+    for (float a : r.affinity) require(std::isfinite(a), at + "a non-finite affinity");
+    positions = std::max(positions, r.position);
+  }
+  require(log.positions == positions, "OBD: positions is not the largest position read");
+}
+
+}  // namespace detail
+
+// The item file the obd_csv target uses when its input has no NUL byte: three items, one
+// dense and one hashed feature.
+inline constexpr std::string_view kFuzzObdItems =
+    ",item_id,item_feature_0,item_feature_1\n0,0,0.5,a\n1,1,-1,b\n2,2,1e3,c\n";
+
+// An Open Bandit Dataset campaign (age/sim/obd.hpp, and the CSV pieces of age/core/csv.hpp
+// under it): the input is the item_context.csv text, a NUL byte, then the log's CSV text
+// (without a NUL byte, the input is the log and the items are kFuzzObdItems). Read strictly
+// and with skip_bad_rows: a log read either way must keep the reader's promises (ids,
+// ranges, counts, finite numbers); the strict read succeeds exactly when the skipping one
+// skips nothing, and then both give the same log; the skipping read accounts for every
+// non-blank row; max_rows keeps a prefix.
+inline Outcome obd_csv(std::span<const std::uint8_t> data) {
+  const void* nul = data.empty() ? nullptr : std::memchr(data.data(), 0, data.size());
+  const std::size_t split =
+      nul ? static_cast<std::size_t>(static_cast<const std::uint8_t*>(nul) - data.data()) : data.size();
+  const std::span<const std::uint8_t> log_bytes = nul ? data.subspan(split + 1) : data;
+  const std::span<const std::uint8_t> item_bytes =
+      nul ? data.first(split)
+          : std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(kFuzzObdItems.data()),
+                                          kFuzzObdItems.size());
+  const detail::MemFile items(item_bytes), log(log_bytes);
+
+  std::optional<age::sim::ObdLog> strict;
+  try {
+    strict = age::sim::read_obd(log.path(), items.path());
+  } catch (const age::Error&) {
+  }
+  age::sim::ObdLog skipping;
+  try {
+    skipping = age::sim::read_obd(log.path(), items.path(), {.skip_bad_rows = true});
+  } catch (const age::Error&) {
+    require(!strict, "read_obd accepted a log strictly that it rejects with skip_bad_rows");
+    return Outcome::Rejected;
+  }
+  detail::check_obd_log(skipping);
+  require(strict.has_value() == (skipping.skipped == 0),
+          "the strict read and skip_bad_rows disagree on whether the log has a bad row");
+  if (strict) {
+    detail::check_obd_log(*strict);
+    require(detail::same_obd_log(*strict, skipping), "the strict read and skip_bad_rows read different logs");
+  }
+  // Every non-blank line after the header is a record or a skipped row.
+  const std::string_view text(reinterpret_cast<const char*>(log_bytes.data()), log_bytes.size());
+  const std::size_t rows = detail::count_lines(text, [](std::string_view l) { return l.empty(); });
+  require(rows >= 1 && skipping.records.size() + skipping.skipped == rows - 1,
+          "records + skipped rows != the log's non-blank rows after the header");
+  if (!skipping.records.empty()) {
+    const age::sim::ObdLog first = detail::must_accept("max_rows = 1", [&] {
+      return age::sim::read_obd(log.path(), items.path(), {.skip_bad_rows = true, .max_rows = 1});
+    });
+    require(first.records.size() == 1 && detail::same_obd_record(first.records[0], skipping.records[0]),
+            "max_rows = 1 did not keep the first record");
+  }
+  return skipping.records.empty() ? Outcome::Parsed : Outcome::Loaded;
+}
+
+namespace detail {
+
+inline bool same_number(double a, double b) { return (std::isnan(a) && std::isnan(b)) || a == b; }
+
+inline bool same_side(const age::SideInput& a, const age::SideInput& b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t f = 0; f < a.size(); ++f)
+    if (a[f].ids != b[f].ids || a[f].values != b[f].values) return false;
+  return true;
+}
+
+inline bool same_served(const age::ServedRecord& a, const age::ServedRecord& b) {
+  if (a.request_id != b.request_id || a.seed != b.seed || a.policy != b.policy || a.method != b.method ||
+      a.draws != b.draws || a.candidates != b.candidates || a.shown.size() != b.shown.size() || a.base != b.base ||
+      a.delta != b.delta || a.gate != b.gate || a.explored != b.explored || !same_side(a.user, b.user) ||
+      a.candidate_features.size() != b.candidate_features.size())
+    return false;
+  for (std::size_t k = 0; k < a.shown.size(); ++k) {
+    const age::ShownItem &x = a.shown[k], &y = b.shown[k];
+    if (x.position != y.position || x.candidate != y.candidate || x.item != y.item ||
+        !same_number(x.propensity, y.propensity) || !same_number(x.propensity_se, y.propensity_se) ||
+        !same_number(x.reward, y.reward))
+      return false;
+  }
+  for (std::size_t c = 0; c < a.candidate_features.size(); ++c)
+    if (!same_side(a.candidate_features[c], b.candidate_features[c])) return false;
+  return true;
+}
+
+// A record a reader returned: valid, and written in either form it reads back unchanged
+// (the JSON line is also a fixed point of write(read(.))).
+inline void check_served_round_trips(const age::ServedRecord& r) {
+  const std::string problem = age::served_record_problem(r);
+  require(problem.empty(), "a reader returned an invalid record: " + problem);
+  const std::string line = must_accept("writing a read record as JSON", [&] { return age::served_record_json(r); });
+  const age::ServedRecord from_json =
+      must_accept("re-reading its JSON line", [&] { return age::served_record_from_json(line, "re-read"); });
+  require(same_served(r, from_json), "JSON write/read changed the record: " + line);
+  require(age::served_record_json(from_json) == line, "JSON write(read(write(r))) != write(r)");
+
+  std::ostringstream csv;
+  must_accept("writing a read record as CSV", [&] {
+    age::ServedCsvWriter(csv).write(r);
+    return 0;
+  });
+  const std::string text = csv.str();
+  const MemFile file(std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(text.data()), text.size()));
+  const age::ServedLog back = must_accept("re-reading its CSV rows", [&] { return age::read_served_csv(file.path()); });
+  require(back.records.size() == 1 && same_served(r, back.records[0]), "CSV write/read changed the record: " + text);
+}
+
+}  // namespace detail
+
+// A served log (age/io/served_log.hpp, age/explore/served_record.hpp), read from the same
+// bytes as JSON lines and as CSV, each strictly and with skip_bad_rows. Every record read
+// is valid and survives a write/read round trip in both forms; the strict read succeeds
+// exactly when the skipping one skips nothing, and then both give the same records; the
+// JSON reader accounts for every non-blank line.
+inline Outcome served_log(std::span<const std::uint8_t> data) {
+  const detail::MemFile file(data);
+  Outcome outcome = Outcome::Rejected;
+  for (const bool json : {true, false}) {
+    auto read = [&](bool skip) {
+      return json ? age::read_served_jsonl(file.path(), {.skip_bad_rows = skip})
+                  : age::read_served_csv(file.path(), {.skip_bad_rows = skip});
+    };
+    std::optional<age::ServedLog> strict;
+    try {
+      strict = read(false);
+    } catch (const age::Error&) {
+    }
+    age::ServedLog skipping;
+    try {
+      skipping = read(true);
+    } catch (const age::Error&) {
+      require(!strict, "a served log read strictly was rejected with skip_bad_rows");
+      continue;
+    }
+    require(strict.has_value() == (skipping.skipped == 0),
+            "the strict read and skip_bad_rows disagree on whether the log has a bad row");
+    if (strict) {
+      require(strict->records.size() == skipping.records.size(), "strict and skipping reads differ in length");
+      for (std::size_t i = 0; i < strict->records.size(); ++i)
+        require(detail::same_served(strict->records[i], skipping.records[i]), "strict and skipping reads differ");
+    }
+    if (json) {
+      const std::string_view text(reinterpret_cast<const char*>(data.data()), data.size());
+      const std::size_t lines = detail::count_lines(
+          text, [](std::string_view l) { return l.find_first_not_of(" \t") == std::string_view::npos; });
+      require(skipping.records.size() + skipping.skipped == lines, "JSON records + skipped lines != non-blank lines");
+    }
+    for (const age::ServedRecord& r : skipping.records) detail::check_served_round_trips(r);
+    if (!skipping.records.empty()) outcome = Outcome::Loaded;
+    else if (outcome == Outcome::Rejected) outcome = Outcome::Parsed;
+  }
+  return outcome;
 }
 
 #ifdef AGE_FUZZ_HAVE_R6B

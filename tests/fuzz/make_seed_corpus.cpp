@@ -4,19 +4,23 @@
 //
 //   age_fuzz_seed_corpus tests/fuzz/corpus
 //
-// (tiny_model.safetensors is the io golden file, copied in by hand.)
+// (tiny_model.safetensors is the io golden file, copied in by hand; the obd_csv seeds
+// real_*.csv are a few rows of the Open Bandit Dataset sample in examples/data/obd/,
+// Apache-2.0, see its README and LICENSE.)
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include "age/core/rng.hpp"
 #include "age/io/model_io.hpp"
 #include "age/io/safetensors.hpp"
+#include "age/io/served_log.hpp"
 #include "fuzz_targets.hpp"
 
 namespace fs = std::filesystem;
@@ -235,6 +239,127 @@ void r6b_seeds(const fs::path& line_dir, const fs::path& file_dir) {
 #endif
 }
 
+// The lines of a text file up to line `n` (1-based, inclusive), each with its '\n'.
+std::string first_lines(const fs::path& path, std::size_t n) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read " + path.string());
+  std::string out, line;
+  for (std::size_t k = 0; k < n && std::getline(in, line); ++k) out += line + '\n';
+  return out;
+}
+
+// obd_csv inputs: "<item file>\0<log>", or a log alone (read with kFuzzObdItems).
+void obd_seeds(const fs::path& dir) {
+  const std::string nul(1, '\0');
+  const std::string head3 =
+      ",timestamp,item_id,position,click,propensity_score,user_feature_0,user-item_affinity_0,"
+      "user-item_affinity_1,user-item_affinity_2\n";
+  write(dir / "log_only.csv", head3 + "0,2019-11-24 00:00:00,1,1,0,0.5,u1,0.0,1.0,2\n1,t,2,3,1,0.25,u2,1,0,-0.5\n");
+  write(dir / "log_no_affinity.csv",
+        std::string(",timestamp,item_id,position,click,propensity_score\n0,t,0,1,1,1\n\n7,t,2,2,0,0.125\n"));
+  write(dir / "crlf_blank.csv", ",timestamp,item_id,position,click,propensity_score,user_feature_0\r\n\r\n"
+                                "0,t,0,1,0,0.5,x\r\n\r\n1,t,1,2,0,0.5,y\r\n");
+  write(dir / "skip_mixed.csv", head3 + "0,t,1,1,0,0.5,u1,0,1,2\n1,t,1,1,0,0,u1,0,1,2\n2,t,7,1,0,0.5,u1,0,1,2\n"
+                                        "3,t,1,0,0,0.5,u1,0,1,2\n4,t,1,1,2,0.5,u1,0,1,2\n5,t,1,1,0,0.5,,0,1,2\n"
+                                        "6,t,1,1,0,0.5,u1,x,1,2\n7,t,1,1,0,0.5,u1,0,1\n8,t,1,1,0,\"0.5\",u1,0,1,2\n");
+  write(dir / "columns_reordered.csv",
+        std::string(",propensity_score,click,user_feature_1,position,item_id,user_feature_0,timestamp\n"
+                    "0,0.5,1,b,2,1,a,t\n"));
+  write(dir / "feature_gap.csv", std::string(",timestamp,item_id,position,click,propensity_score,user_feature_0,"
+                                             "user_feature_2\n0,t,0,1,0,0.5,a,b\n"));
+  write(dir / "affinity_count.csv", std::string(",timestamp,item_id,position,click,propensity_score,"
+                                                "user-item_affinity_0\n0,t,0,1,0,0.5,1\n"));
+  write(dir / "missing_column.csv", std::string(",timestamp,item_id,position,click\n0,t,0,1,0\n"));
+  write(dir / "items_and_log.csv", ",item_id,item_feature_0,item_feature_1\n1,1,2.5,x\n0,0,-3,7\n" + nul +
+                                       ",timestamp,item_id,position,click,propensity_score,user-item_affinity_0,"
+                                       "user-item_affinity_1\n0,t,1,1,1,0.5,0.25,4\n");
+  write(dir / "items_duplicate_id.csv",
+        ",item_id,item_feature_0\n0,0,1\n0,0,2\n" + nul + ",timestamp,item_id,position,click,propensity_score\n");
+  write(dir / "items_id_range.csv",
+        ",item_id\n0,0\n1,5\n" + nul + ",timestamp,item_id,position,click,propensity_score\n0,t,0,1,0,1\n");
+  write(dir / "items_empty.csv", nul + ",timestamp,item_id,position,click,propensity_score\n");
+
+  // The shipped sample: all 34 items and the first rows of each behaviour policy's log.
+  const fs::path obd = AGE_FUZZ_OBD_DIR;
+  for (const char* policy : {"random", "bts"}) {
+    if (!fs::exists(obd / policy / "men.csv")) continue;
+    write(dir / (std::string("real_") + policy + ".csv"),
+          first_lines(obd / policy / "item_context.csv", 100) + nul + first_lines(obd / policy / "men.csv", 4));
+  }
+}
+
+// served_log inputs: JSON lines and CSV (every input is read both ways).
+age::ServedRecord served_record() {
+  age::ServedRecord r;
+  r.request_id = 17;
+  r.seed = 5;
+  r.policy = "epsilon-greedy";
+  r.method = age::PropensityMethod::exact;
+  r.candidates = {10, 11, 12};
+  r.shown = {age::ShownItem{.position = 1, .candidate = 2, .item = 12, .propensity = 0.75, .reward = 1},
+             age::ShownItem{.position = 2, .candidate = 0, .item = 10, .propensity = 0.125, .reward = 0}};
+  r.base = {0.25f, 0.5f, 0.125f};
+  r.delta = {0, 0, 2};
+  r.gate = {0, 0, 1};
+  r.explored = {0.25f, 0.5f, 2.125f};
+  r.user = {age::FieldInput{{3, 7}, {}}, age::FieldInput{{}, {0.5f, -1.0f}}};
+  r.candidate_features = {{age::FieldInput{{10}, {}}}, {age::FieldInput{{11}, {0.25f}}}, {age::FieldInput{}}};
+  return r;
+}
+
+void served_seeds(const fs::path& dir) {
+  const age::ServedRecord full = served_record();
+  age::ServedRecord deferred;
+  deferred.request_id = 18446744073709551615ULL;
+  deferred.seed = 3;
+  deferred.policy = "age-ts";
+  deferred.candidates = {4, 5};
+  deferred.shown = {age::ShownItem{.position = 1, .candidate = 1, .item = 5}};
+  age::ServedRecord mc = deferred;
+  mc.request_id = 9;
+  mc.method = age::PropensityMethod::monte_carlo;
+  mc.draws = 256;
+  mc.shown[0].propensity = 0.001953125;
+  mc.shown[0].propensity_se = 0.0123;
+
+  std::ostringstream jsonl, csv;
+  age::ServedJsonWriter json_writer(jsonl);
+  age::ServedCsvWriter csv_writer(csv);
+  for (const age::ServedRecord& r : {full, deferred, mc}) {
+    json_writer.write(r);
+    csv_writer.write(r);
+  }
+  write(dir / "records.jsonl", jsonl.str());
+  write(dir / "records.csv", csv.str());
+  write(dir / "one_line.jsonl", age::served_record_json(full));
+
+  const std::string good = age::served_record_json(deferred);
+  write(dir / "mixed.jsonl", good + "\n\n  \t\nnot json\r\n[1,2]\n{\"request_id\":1}\n" + good + "\r\n");
+  write(dir / "unknown_key.jsonl",
+        std::string(R"({"request_id":1,"seed":0,"policy":"p","propensity_method":"exact","candidates":[7],)"
+                    R"("shown":[{"position":1,"candidate":0,"item":7,"propensity":1,"reward":null}],"new":{"a":[1]}})"));
+  write(dir / "bad_values.jsonl",
+        std::string(R"({"request_id":-1,"seed":0,"policy":"p","propensity_method":"exact","candidates":[7],"shown":[]})"
+                    "\n"
+                    R"({"request_id":1,"seed":0,"policy":"p","propensity_method":"often","candidates":[7],"shown":[]})"
+                    "\n"
+                    R"({"request_id":1,"seed":0,"policy":"p","propensity_method":"exact","candidates":[7],)"
+                    R"("shown":[{"position":4294967296,"candidate":0,"item":7,"propensity":1}]})"
+                    "\n"
+                    R"({"request_id":1,"seed":0,"policy":"p","propensity_method":"exact","candidates":[7],)"
+                    R"("shown":[{"position":1,"candidate":0,"item":7,"propensity":1}],"breakdown":{"base":[1],)"
+                    R"("delta":[0],"gate":[2],"explored":[1]},"user":[{"ids":[1],"values":[0.5]}]})"
+                    "\n"));
+  const std::string header = std::string(age::kServedCsvHeader) + "\n";
+  write(dir / "csv_features.csv", header + "1,0,p,deferred,0,1,0,7,,0,,7 8,,,,,;=0.5;,1 2=3;;|=1;|\n"
+                                           "1,0,p,deferred,0,2,1,8,,0,1,7 8,,,,,;=0.5;,1 2=3;;|=1;|\n");
+  write(dir / "csv_bad_rows.csv",
+        header + "1,0,p,exact,0,1,0,7,0,0,,7,,,,,,\n1,0,p,exact,0,1,0,7,0.5,0,,7,,,,,,\n"
+                 "1,0,p,exact,0,1,0,7,0.5,0,,7,,,,,,\n2,0,p,exact,0,1,0,7,0.5,0,,7,1,0,2,1,,\n"
+                 "3,0,p,exact,0,1,0,7,0.5,0,,7,,,,,1;,2\n4,0,p,exact,0,1\n\n5,0,p,exact,0,1,0,7,0.5,-1,x,7,,,,,,\r\n");
+  write(dir / "csv_header_only.csv", header);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -245,6 +370,8 @@ int main(int argc, char** argv) {
   const fs::path root = argv[1];
   safetensors_seeds(root / "safetensors", root / "safetensors_parts");
   config_seeds(root / "model_config");
+  obd_seeds(root / "obd_csv");
+  served_seeds(root / "served_log");
 #ifdef AGE_FUZZ_HAVE_R6B
   r6b_seeds(root / "r6b_line", root / "r6b_file");
 #endif

@@ -103,6 +103,49 @@ TEST_CASE("fuzz regression: model config JSON", "[fuzz-regression]") {
   CHECK(outcomes.at("huge_dim.json") != Outcome::Loaded);
 }
 
+TEST_CASE("fuzz regression: Open Bandit Dataset CSV files", "[fuzz-regression]") {
+  const auto outcomes = replay("obd_csv", age_fuzz::obd_csv);
+  REQUIRE(outcomes.size() >= 10);
+  // Records read (strictly or with bad rows skipped), from the default items or the input's.
+  for (const char* good : {"log_only.csv", "log_no_affinity.csv", "crlf_blank.csv", "skip_mixed.csv",
+                           "columns_reordered.csv", "items_and_log.csv"}) {
+    INFO(good);
+    CHECK(outcomes.at(good) == Outcome::Loaded);
+  }
+  if (outcomes.count("real_random.csv")) CHECK(outcomes.at("real_random.csv") == Outcome::Loaded);
+  // A bad header or item file is refused whatever the options.
+  for (const char* bad : {"feature_gap.csv", "affinity_count.csv", "missing_column.csv", "items_duplicate_id.csv",
+                          "items_id_range.csv", "items_empty.csv"}) {
+    INFO(bad);
+    CHECK(outcomes.at(bad) == Outcome::Rejected);
+  }
+  // Regressions: an affinity of 1e39 (infinite as a float) is a skipped row, not a record.
+  CHECK(outcomes.at("affinity_beyond_float.csv") == Outcome::Parsed);
+}
+
+TEST_CASE("fuzz regression: served logs, JSON lines and CSV", "[fuzz-regression]") {
+  const auto outcomes = replay("served_log", age_fuzz::served_log);
+  REQUIRE(outcomes.size() >= 8);
+  for (const char* good : {"records.jsonl", "records.csv", "one_line.jsonl", "mixed.jsonl", "unknown_key.jsonl",
+                           "csv_features.csv"}) {
+    INFO(good);
+    CHECK(outcomes.at(good) == Outcome::Loaded);
+  }
+  // Read, every line or row skipped (csv_bad_rows.csv's one good row is there twice: a
+  // position shown twice).
+  for (const char* bad : {"bad_values.jsonl", "csv_bad_rows.csv", "csv_header_only.csv"}) {
+    INFO(bad);
+    CHECK(outcomes.at(bad) == Outcome::Parsed);
+  }
+  // Regressions: each was once a crash (an exception of the JSON library, a stack overflow);
+  // now each line or row is a FormatError, skipped with skip_bad_rows.
+  for (const char* fixed : {"json_number_overflow.jsonl", "csv_policy_invalid_utf8.csv", "deep_nesting_in_message.jsonl"}) {
+    INFO(fixed);
+    CHECK(outcomes.count(fixed) == 1);
+  }
+  CHECK(outcomes.at("deep_nesting_in_message.jsonl") == Outcome::Parsed);
+}
+
 #ifdef AGE_FUZZ_HAVE_R6B
 
 TEST_CASE("fuzz regression: R6B log lines", "[fuzz-regression]") {

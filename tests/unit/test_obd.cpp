@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -190,4 +191,25 @@ TEST_CASE("OBD: bad rows are refused with file, line and column, or skipped and 
   CHECK_THROWS_WITH(read_obd(file, write_file("obd_items_dup.csv", ",item_id,item_feature_0\n0,0,1\n1,0,2\n")),
                     Catch::Contains("obd_items_dup.csv:3: column 'item_id': expected each item once, got '0'"));
   CHECK_THROWS_AS(read_obd("/nonexistent/men.csv", items), IoError);
+}
+
+TEST_CASE("OBD: an affinity beyond float range is refused, not stored as infinity", "[obd][validation]") {
+  // Affinities are stored as floats: 1e39 is a finite number but would become infinity.
+  const auto items = write_file("obd_items.csv", kItems);
+  const auto log_with = [&](const std::string& row) {
+    return write_file("obd_float.csv", std::string(kHeader) + "0,t,1,1,0,0.5,u1,0.0,1.0\n" + row);
+  };
+  const auto path = log_with("1,t,0,2,1,0.5,u2,2.0,1e39\n");
+  CHECK_THROWS_WITH(read_obd(path, items),
+                    Catch::Contains(path.string() + ":3: column 'user-item_affinity_1': expected a finite number within "
+                                                    "float range, got '1e39'"));
+  CHECK_THROWS_AS(read_obd(log_with("1,t,0,2,1,0.5,u2,-3.4028236e38,0\n"), items), FormatError);
+  const ObdLog skipped = read_obd(path, items, {.skip_bad_rows = true});
+  CHECK(skipped.records.size() == 1);
+  CHECK(skipped.skipped == 1);
+  // The largest float written with 9 digits is still the largest float.
+  const ObdLog edge = read_obd(log_with("1,t,0,2,1,0.5,u2,3.40282347e38,-1e-45\n"), items);
+  REQUIRE(edge.records.size() == 2);
+  CHECK(edge.records[1].affinity[0] == std::numeric_limits<float>::max());
+  CHECK(std::isfinite(edge.records[1].affinity[1]));
 }

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -234,6 +235,71 @@ TEST_CASE("served log CSV: bad rows are named by file and line, or skipped and c
   CHECK_THAT(log.first_error, Catch::Contains(":3: propensity"));
 }
 
+TEST_CASE("served records: a policy name that is not UTF-8 is refused, in a record and in a CSV log",
+          "[served_log][validation]") {
+  // The JSON form cannot hold such a name: accepting it would hand out records that
+  // served_record_json cannot write.
+  ServedRecord r = small_record();
+  // A stray byte, an overlong '/', a surrogate, above U+10FFFF, a cut sequence.
+  for (const char* bad : {"age\xff", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "ab\xe2\x82"}) {
+    INFO(bad);
+    r.policy = bad;
+    CHECK_THAT(served_record_problem(r), Catch::Contains("policy: expected UTF-8 text"));
+    CHECK_THROWS_AS(check_served_record(r), InputError);
+  }
+  for (const char* good : {"caf\xc3\xa9", "\xe2\x82\xac-greedy", "\xf0\x9f\x8e\xb2 ts", "\xf4\x8f\xbf\xbf"}) {
+    INFO(good);
+    r.policy = good;
+    CHECK(served_record_problem(r).empty());
+  }
+  const auto path = write_file("served_utf8.csv", std::string(kServedCsvHeader) + "\n" +
+                                                      "17,5,age\x96ts,exact,0,1,2,12,0.75,0,1,10 11 12,,,,,,\n");
+  CHECK_THROWS_WITH(read_served_csv(path), Catch::Contains(path.string() + ":2: policy: expected UTF-8 text"));
+  CHECK(read_served_csv(path, {.skip_bad_rows = true}).skipped == 1);
+}
+
+TEST_CASE("served records: feature values must be finite floats, in a record and in a CSV log",
+          "[served_log][validation]") {
+  // 1e39 is a finite double but not a float: stored, it would be infinity, which neither
+  // form can write back.
+  ServedRecord r = small_record();
+  r.user[1].values[1] = std::numeric_limits<float>::infinity();
+  CHECK_THAT(served_record_problem(r), Catch::Contains("user[1].values[1]: expected a finite value, got inf"));
+  r = small_record();
+  r.candidate_features[2] = {FieldInput{{}, {std::numeric_limits<float>::quiet_NaN()}}};
+  CHECK_THAT(served_record_problem(r), Catch::Contains("candidate_features[2][0].values[0]: expected a finite value"));
+
+  const std::string row = "17,5,p,exact,0,1,2,12,0.75,0,1,10 11 12,,,,,";
+  auto read = [&](const std::string& features) {
+    return read_served_csv(write_file("served_float.csv", std::string(kServedCsvHeader) + "\n" + row + features + "\n"));
+  };
+  CHECK_THROWS_WITH(read("=1e39;,"),
+                    Catch::Contains("column 'user_features': expected a finite number within float range, got '1e39'"));
+  CHECK_THROWS_AS(read("=3.4028236e38;,"), FormatError);
+  CHECK_THROWS_WITH(read(",;|;|=-3.5e38;|"), Catch::Contains("column 'candidate_features': expected a finite number "
+                                                              "within float range"));
+  // The largest float, as the writer writes it (9 digits, a little above it), is kept exactly.
+  const ServedLog edge = read("=3.40282347e38 -1e-45;,");
+  REQUIRE(edge.records.size() == 1);
+  CHECK(edge.records[0].user[0].values == std::vector<float>{std::numeric_limits<float>::max(), -1e-45f});
+  // The breakdown columns too (they were refused before, as infinite, by the record's check).
+  CHECK_THROWS_WITH(read_served_csv(write_file("served_float.csv", std::string(kServedCsvHeader) + "\n" +
+                                                                       "17,5,p,exact,0,1,2,12,0.75,0,1,10 11 12,"
+                                                                       "0 0 1e40,0 0 0,0 0 0,0 0 0,,\n")),
+                    Catch::Contains("column 'base': expected a finite number within float range"));
+}
+
+TEST_CASE("served log CSV: a position of 2^32 or more is refused, not clamped", "[served_log][validation]") {
+  const auto path = write_file("served_position.csv", std::string(kServedCsvHeader) + "\n" +
+                                                          "17,5,p,exact,0,4294967296,2,12,0.75,0,1,10 11 12,,,,,,\n");
+  CHECK_THROWS_WITH(read_served_csv(path), Catch::Contains(":2: column 'position': expected a slot below 2^32, got "
+                                                           "'4294967296'"));
+  const auto top = write_file("served_position.csv", std::string(kServedCsvHeader) + "\n" +
+                                                         "17,5,p,exact,0,4294967295,2,12,0.75,0,1,10 11 12,,,,,,\n");
+  REQUIRE(read_served_csv(top).records.size() == 1);
+  CHECK(read_served_csv(top).records[0].shown[0].position == 4294967295u);
+}
+
 #if AGE_HAVE_IO
 TEST_CASE("served log JSON lines: golden text and round trip", "[served_log][io]") {
   const std::string line = served_record_json(small_record());
@@ -297,5 +363,49 @@ TEST_CASE("served log JSON lines: bad lines are named by file and line, or skipp
   CHECK(log.records.size() == 2);
   CHECK(log.skipped == 1);
   CHECK_THAT(log.first_error, Catch::Contains(":2: expected one JSON object per line"));
+}
+
+TEST_CASE("served log JSON lines: numbers out of range, deep nesting and bad policies are FormatErrors",
+          "[served_log][io][validation]") {
+  const std::string good = served_record_json(small_record());
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string s = good;
+    const auto at = s.find(from);
+    REQUIRE(at != std::string::npos);
+    return s.replace(at, from.size(), to);
+  };
+  // A number beyond double's range: the JSON library reports it as out_of_range, not as a
+  // parse error; both are invalid JSON to the reader.
+  CHECK_THROWS_WITH(served_record_from_json(with(R"("reward":1.0)", R"("reward":1e400)"), "f:3"),
+                    Catch::Contains("f:3: expected one JSON object per line, got invalid JSON") &&
+                        Catch::Contains("number overflow"));
+  CHECK_THROWS_AS(served_record_from_json(with(R"("seed":5)", R"("seed":-1e999)")), FormatError);
+  // Beyond float's range where a float is stored.
+  CHECK_THROWS_WITH(served_record_from_json(with(R"({"values":[0.5,-1.0]})", R"({"values":[0.5,-1e39]})")),
+                    Catch::Contains("field 'user[1].values[1]': expected a number within float range"));
+  CHECK_THROWS_WITH(served_record_from_json(with(R"("base":[0.25,)", R"("base":[3.5e38,)")),
+                    Catch::Contains("field 'breakdown.base[0]': expected a number within float range"));
+  CHECK(served_record_from_json(with(R"({"values":[0.5,-1.0]})", R"({"values":[-3.40282347e38]})"))
+            .user[1]
+            .values[0] == -std::numeric_limits<float>::max());
+  // Nested far deeper than the stack would allow a recursive dump: the message summarises.
+  const std::size_t depth = 200000;
+  const std::string deep = with(R"("seed":5)", R"("seed":)" + std::string(depth, '[') + std::string(depth, ']'));
+  CHECK_THROWS_WITH(served_record_from_json(deep), Catch::Contains("field 'seed': expected an unsigned integer, got "
+                                                                   "an array of 1 elements"));
+  CHECK_THROWS_WITH(served_record_from_json(R"({"request_id":{"a":1,"b":[]}})"),
+                    Catch::Contains("got an object of 2 keys"));
+  // A policy that is not UTF-8 cannot be in valid JSON; one written as an escape can.
+  CHECK_THROWS_WITH(served_record_from_json(with(R"("policy":"epsilon-greedy")", "\"policy\":\"eps\xff\"")),
+                    Catch::Contains("invalid JSON"));
+  CHECK(served_record_from_json(with(R"("policy":"epsilon-greedy")", R"("policy":"caf\u00e9")")).policy ==
+        "caf\xc3\xa9");
+  // The writer refuses what it could not write, with the library's error.
+  ServedRecord r = small_record();
+  r.policy = "age\x96ts";
+  CHECK_THROWS_AS(served_record_json(r), InputError);
+  r = small_record();
+  r.user[0].values = {std::numeric_limits<float>::infinity()};
+  CHECK_THROWS_AS(served_record_json(r), InputError);
 }
 #endif

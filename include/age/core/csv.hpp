@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -67,6 +68,20 @@ inline double parse_double(std::string_view text, const Location& at, std::strin
   if (text.empty() || ec != std::errc() || end != text.data() + text.size() || !std::isfinite(v))
     fail(at, column, "a finite number", text);
   return v;
+}
+
+// Whether a double rounds to a finite float: |v| below the midpoint between the largest
+// float and 2^128 (so "3.40282347e38", the largest float as written with 9 digits, fits).
+inline bool fits_float(double v) noexcept {
+  return std::fabs(v) < std::ldexp(2.0 - std::ldexp(1.0, -24), 127);
+}
+
+// A number stored as a float: finite as a double and within float's range (1e39 would
+// silently become infinity, which every later check and writer then trips over).
+inline float parse_float(std::string_view text, const Location& at, std::string_view column) {
+  const double v = parse_double(text, at, column);
+  if (!fits_float(v)) fail(at, column, "a finite number within float range", text);
+  return static_cast<float>(v);
 }
 
 // Whether the whole text is a finite number.

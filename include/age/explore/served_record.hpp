@@ -18,7 +18,8 @@
 // the explorer's per-candidate breakdown (base, delta, gate, explored) and, optionally, the
 // request's features. check_served_record() names the first problem: a shown item that is
 // not among the candidates, a propensity that is 0 or missing (unless deferred), a position
-// shown twice, a breakdown or feature list of another length than the candidates, ...
+// shown twice, a breakdown or feature list of another length than the candidates, a policy
+// name that is not UTF-8, a feature value that is not finite, ...
 #pragma once
 
 #include <algorithm>
@@ -75,6 +76,42 @@ struct ServedRecord {
 
 namespace detail::served {
 
+// Whether `s` is well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates, nothing
+// above U+10FFFF). A policy name must be: the JSON form cannot hold anything else, and the
+// CSV reader would otherwise hand out records that its JSON writer refuses.
+inline bool valid_utf8(std::string_view s) noexcept {
+  std::size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    std::size_t len = 0;
+    unsigned char lo = 0x80, hi = 0xBF;  // the allowed range of the second byte
+    if (c >= 0xC2 && c <= 0xDF) {
+      len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      if (c == 0xE0) lo = 0xA0;  // overlong
+      if (c == 0xED) hi = 0x9F;  // surrogates
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      if (c == 0xF0) lo = 0x90;  // overlong
+      if (c == 0xF4) hi = 0x8F;  // above U+10FFFF
+    } else {
+      return false;
+    }
+    if (s.size() - i < len) return false;
+    for (std::size_t k = 1; k < len; ++k) {
+      const auto b = static_cast<unsigned char>(s[i + k]);
+      if (k == 1 ? (b < lo || b > hi) : (b < 0x80 || b > 0xBF)) return false;
+    }
+    i += len;
+  }
+  return true;
+}
+
 inline std::string number_text(double v) {
   if (std::isnan(v)) return "missing";
   char buf[32];
@@ -105,6 +142,16 @@ inline std::string shown_problem(const ServedRecord& r, const ShownItem& s, cons
   return "";
 }
 
+// The first non-finite feature value of a side ("<name>[f].values[i]: ..."), or "".
+inline std::string side_problem(const SideInput& side, const std::string& name) {
+  for (std::size_t f = 0; f < side.size(); ++f)
+    for (std::size_t i = 0; i < side[f].values.size(); ++i)
+      if (!std::isfinite(side[f].values[i]))
+        return name + "[" + std::to_string(f) + "].values[" + std::to_string(i) + "]: expected a finite value, got " +
+               number_text(side[f].values[i]);
+  return "";
+}
+
 }  // namespace detail::served
 
 // The first problem of a record, as "<field>: expected <...>, got <...>", or "" when it is
@@ -113,6 +160,7 @@ inline std::string served_record_problem(const ServedRecord& r) {
   const auto num = detail::served::number_text;
   if (r.policy.empty() || r.policy.find_first_of(",\"\n\r|;") != std::string::npos)
     return "policy: expected a non-empty name without , \" | ; or line breaks, got '" + r.policy + "'";
+  if (!detail::served::valid_utf8(r.policy)) return "policy: expected UTF-8 text, got bytes that are not";
   const std::size_t n = r.candidates.size();
   if (n == 0) return "candidates: expected at least 1 candidate, got 0";
   if (r.method == PropensityMethod::monte_carlo && r.draws == 0)
@@ -145,7 +193,12 @@ inline std::string served_record_problem(const ServedRecord& r) {
   if (!r.candidate_features.empty() && r.candidate_features.size() != n)
     return "candidate_features: expected " + std::to_string(n) + " (one per candidate), got " +
            std::to_string(r.candidate_features.size());
-  return "";
+  // Feature values must be finite: neither form can write an infinity or a NaN that its
+  // reader takes back (JSON has no such numbers, the CSV reader refuses "inf").
+  std::string problem = detail::served::side_problem(r.user, "user");
+  for (std::size_t c = 0; c < r.candidate_features.size() && problem.empty(); ++c)
+    problem = detail::served::side_problem(r.candidate_features[c], "candidate_features[" + std::to_string(c) + "]");
+  return problem;
 }
 
 // InputError "served record <id>: <problem>" for an invalid record.
@@ -324,7 +377,7 @@ inline std::vector<std::uint64_t> parse_ids(std::string_view text, const csv::Lo
 
 inline std::vector<float> parse_floats(std::string_view text, const csv::Location& at, std::string_view column) {
   std::vector<float> out;
-  for (std::string_view w : words(text)) out.push_back(static_cast<float>(csv::parse_double(w, at, column)));
+  for (std::string_view w : words(text)) out.push_back(csv::parse_float(w, at, column));
   return out;
 }
 
@@ -438,8 +491,11 @@ inline ServedLog read_served_csv(const std::filesystem::path& path, const Served
         key += ',';
       }
       ShownItem s;
-      s.position = static_cast<std::uint32_t>(std::min<std::uint64_t>(csv::parse_uint(fields[5], at, "position"),
-                                                                       std::numeric_limits<std::uint32_t>::max()));
+      // Refused, not clamped: a clamped slot would be a different record (the JSON reader
+      // refuses it too).
+      const std::uint64_t position = csv::parse_uint(fields[5], at, "position");
+      if (position > std::numeric_limits<std::uint32_t>::max()) csv::fail(at, "position", "a slot below 2^32", fields[5]);
+      s.position = static_cast<std::uint32_t>(position);
       s.candidate = csv::parse_uint(fields[6], at, "candidate");
       s.item = csv::parse_uint(fields[7], at, "item");
       s.propensity = fields[8].empty() ? std::numeric_limits<double>::quiet_NaN()

@@ -32,6 +32,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "age/core/csv.hpp"
 #include "age/core/error.hpp"
 #include "age/explore/served_record.hpp"
 
@@ -54,9 +55,18 @@ inline json side_json(const SideInput& side) {
   return out;
 }
 
-[[noreturn]] inline void bad(std::string_view where, std::string_view field, std::string_view expected, const json& got) {
-  std::string text = got.dump();
+// The value for a message. An array or object is summarised, not dumped: dump() recurses
+// once per nesting level, and a line of 40 kB of '[' would overflow the stack.
+inline std::string describe(const json& v) {
+  if (v.is_array()) return "an array of " + std::to_string(v.size()) + " elements";
+  if (v.is_object()) return "an object of " + std::to_string(v.size()) + " keys";
+  std::string text = v.dump();
   if (text.size() > 80) text = text.substr(0, 77) + "...";
+  return text;
+}
+
+[[noreturn]] inline void bad(std::string_view where, std::string_view field, std::string_view expected, const json& got) {
+  const std::string text = describe(got);
   throw FormatError(std::string(where) + ": field '" + std::string(field) + "': expected " + std::string(expected) +
                     ", got " + text);
 }
@@ -89,7 +99,10 @@ std::vector<T> as_list(const json& v, std::string_view where, const std::string&
       out.push_back(as_uint(v[i], where, name));
     } else {
       if (!v[i].is_number()) bad(where, name, "a number", v[i]);
-      out.push_back(static_cast<T>(v[i].get<double>()));
+      const double x = v[i].get<double>();
+      // Stored as a float: 1e39 would become infinity, which the writer cannot write back.
+      if (!detail::csv::fits_float(x)) bad(where, name, "a number within float range", v[i]);
+      out.push_back(static_cast<T>(x));
     }
   }
   return out;
@@ -149,7 +162,8 @@ inline ServedRecord served_record_from_json(std::string_view line, std::string_v
   json j;
   try {
     j = json::parse(line);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
+    // Not only parse_error: a number beyond double's range ("1e400") is out_of_range.
     throw FormatError(std::string(where) + ": expected one JSON object per line, got invalid JSON (" + e.what() + ")");
   }
   if (!j.is_object()) sj::bad(where, "(line)", "a JSON object", j);

@@ -22,8 +22,9 @@
 // expected and the actual text: a missing column, a row with the wrong number of fields, an
 // item id that is not one of the campaign's items (not among the candidates), a position
 // < 1, a click other than 0/1, a propensity that is missing, 0, or above 1, a number that
-// is not one. With ObdReadOptions::skip_bad_rows a bad row is skipped and counted instead
-// (ObdLog::skipped, first_error); a bad header or item file always throws.
+// is not one (an affinity, stored as a float, must also be within float range). With
+// ObdReadOptions::skip_bad_rows a bad row is skipped and counted instead (ObdLog::skipped,
+// first_error); a bad header or item file always throws.
 #pragma once
 
 #include <algorithm>
@@ -260,7 +261,7 @@ inline ObdLog read_obd(const std::filesystem::path& log_csv, const std::filesyst
         r.user_features.push_back(obd_feature_id(fields[c]));
       }
       r.affinity.reserve(aff_cols.size());
-      for (std::size_t c : aff_cols) r.affinity.push_back(static_cast<float>(csv::parse_double(fields[c], at, header[c])));
+      for (std::size_t c : aff_cols) r.affinity.push_back(csv::parse_float(fields[c], at, header[c]));
       log.positions = std::max(log.positions, r.position);
       log.records.push_back(std::move(r));
     } catch (const FormatError& e) {
