@@ -87,35 +87,39 @@ inline double probe_input(std::size_t k, std::size_t attempt, std::size_t j) noe
   return (static_cast<double>(x >> 40) - 8388608.0) / 8388608.0;
 }
 
-// The tower's logit, its input gradient and their term magnitudes at `input`, in double
-// precision from the float32 weights (M1: ReLU hidden layers, linear output).
-inline ProbeValues reference_probe(const Tower& tower, std::vector<double> input) {
-  ProbeValues p;
+// The forward half of a probe in double precision from the float32 weights (M1: ReLU
+// hidden layers, linear output): the logit, its scale, the kink margin and which hidden
+// units pass (`active`, for the backward half). The weights are read through raw column
+// pointers (column-major), each sum adding its terms in input order.
+inline void reference_forward(const Tower& tower, const std::vector<double>& input, ProbeValues& p,
+                              std::vector<std::vector<double>>& active) {
   const std::size_t layers = tower.num_layers();
-  std::vector<std::vector<double>> active(layers);  // 1 where a hidden unit passes
+  active.assign(layers, {});
   std::vector<double> x = input, ax(input.size());
   for (std::size_t j = 0; j < input.size(); ++j) ax[j] = std::abs(input[j]);
   p.kink_margin = std::numeric_limits<double>::infinity();
+  p.largest_term = 0;
   for (std::size_t l = 0; l < layers; ++l) {
     const Matrix& w = tower.weight(l);  // out x in
     const Vector& b = tower.bias(l);
-    std::vector<double> y(static_cast<std::size_t>(w.rows())), ay(y.size());
-    for (Index o = 0; o < w.rows(); ++o) {
-      y[static_cast<std::size_t>(o)] = b[o];
-      ay[static_cast<std::size_t>(o)] = std::abs(static_cast<double>(b[o]));
+    const auto rows = static_cast<std::size_t>(w.rows()), cols = static_cast<std::size_t>(w.cols());
+    std::vector<double> y(rows), ay(rows);
+    for (std::size_t o = 0; o < rows; ++o) {
+      y[o] = b[static_cast<Index>(o)];
+      ay[o] = std::abs(y[o]);
     }
-    // Column by column (w is column-major); each sum still adds its terms in input order.
-    for (Index i = 0; i < w.cols(); ++i) {
-      const double xi = x[static_cast<std::size_t>(i)], axi = ax[static_cast<std::size_t>(i)];
-      for (Index o = 0; o < w.rows(); ++o) {
-        y[static_cast<std::size_t>(o)] += static_cast<double>(w(o, i)) * xi;
-        ay[static_cast<std::size_t>(o)] += std::abs(static_cast<double>(w(o, i))) * axi;
+    for (std::size_t i = 0; i < cols; ++i) {
+      const Scalar* column = w.data() + i * rows;
+      const double xi = x[i], axi = ax[i];
+      for (std::size_t o = 0; o < rows; ++o) {
+        y[o] += static_cast<double>(column[o]) * xi;
+        ay[o] += std::abs(static_cast<double>(column[o])) * axi;
       }
     }
     for (double a : ay) p.largest_term = std::max(p.largest_term, a);
     if (l + 1 < layers) {
-      active[l].resize(y.size());
-      for (std::size_t o = 0; o < y.size(); ++o) {
+      active[l].resize(rows);
+      for (std::size_t o = 0; o < rows; ++o) {
         if (ay[o] > 0) p.kink_margin = std::min(p.kink_margin, std::abs(y[o]) / ay[o]);
         active[l][o] = y[o] > 0 ? 1.0 : 0.0;
         y[o] *= active[l][o];
@@ -127,29 +131,36 @@ inline ProbeValues reference_probe(const Tower& tower, std::vector<double> input
   }
   p.logit = x[0];
   p.logit_scale = ax[0];
-  // Backward from d logit = 1: g_in = W^T (g_out * relu'), and the same on |W|.
+}
+
+// The backward half: d logit / d input from d logit = 1, g_in = W^T (g_out * relu'), and
+// the same on |W| for the gradient's scale.
+inline void reference_backward(const Tower& tower, const std::vector<std::vector<double>>& active, ProbeValues& p) {
+  const std::size_t layers = tower.num_layers();
   std::vector<double> g{1.0}, ag{1.0};
   for (std::size_t l = layers; l-- > 0;) {
     const Matrix& w = tower.weight(l);
+    const auto rows = static_cast<std::size_t>(w.rows()), cols = static_cast<std::size_t>(w.cols());
     if (l + 1 < layers)
-      for (std::size_t o = 0; o < g.size(); ++o) {
+      for (std::size_t o = 0; o < rows; ++o) {
         g[o] *= active[l][o];
         ag[o] *= active[l][o];
       }
-    std::vector<double> gi(static_cast<std::size_t>(w.cols()), 0.0), agi(gi.size(), 0.0);
-    for (Index i = 0; i < w.cols(); ++i)
-      for (Index o = 0; o < w.rows(); ++o) {
-        gi[static_cast<std::size_t>(i)] += static_cast<double>(w(o, i)) * g[static_cast<std::size_t>(o)];
-        agi[static_cast<std::size_t>(i)] += std::abs(static_cast<double>(w(o, i))) * ag[static_cast<std::size_t>(o)];
+    std::vector<double> gi(cols, 0.0), agi(cols, 0.0);
+    for (std::size_t i = 0; i < cols; ++i) {
+      const Scalar* column = w.data() + i * rows;
+      for (std::size_t o = 0; o < rows; ++o) {
+        gi[i] += static_cast<double>(column[o]) * g[o];
+        agi[i] += std::abs(static_cast<double>(column[o])) * ag[o];
       }
+    }
     for (double a : agi) p.largest_term = std::max(p.largest_term, a);
     g = std::move(gi);
     ag = std::move(agi);
   }
   p.gradient = std::move(g);
+  p.gradient_scale = 0;
   for (double a : ag) p.gradient_scale = std::max(p.gradient_scale, a);
-  p.input = std::move(input);
-  return p;
 }
 
 // A number as the probes store it: 7 significant digits (or the exact input), formatted
@@ -220,19 +231,24 @@ inline std::string make_probes_json(const Tower& tower) {
                       "or moved from)");
   std::string out = "{\"version\":1,\"probes\":[";
   for (std::size_t k = 0; k < probe_count(tower.input_dim()); ++k) {
-    // Redraw while a hidden unit sits on the kink; keep the best of 8 draws otherwise.
+    // Redraw while a hidden unit sits on the kink; keep the best of 8 draws otherwise. The
+    // draws need the forward half only; the backward half runs once, for the one kept.
     detail::ProbeValues best;
+    std::vector<std::vector<double>> best_active, active;
     bool have = false;
     for (std::size_t attempt = 0; attempt < 8; ++attempt) {
-      std::vector<double> input(tower.input_dim());
-      for (std::size_t j = 0; j < input.size(); ++j) input[j] = detail::probe_input(k, attempt, j);
-      detail::ProbeValues p = detail::reference_probe(tower, std::move(input));
+      detail::ProbeValues p;
+      p.input.resize(tower.input_dim());
+      for (std::size_t j = 0; j < p.input.size(); ++j) p.input[j] = detail::probe_input(k, attempt, j);
+      detail::reference_forward(tower, p.input, p, active);
       if (!have || p.kink_margin > best.kink_margin) {
         best = std::move(p);
+        best_active.swap(active);
         have = true;
       }
       if (best.kink_margin >= 1e-4) break;
     }
+    detail::reference_backward(tower, best_active, best);
     if (!detail::representable_probe(best)) return {};
     if (k) out += ',';
     out += "{\"input\":";
