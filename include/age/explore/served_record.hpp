@@ -39,6 +39,7 @@
 #include "age/core/csv.hpp"
 #include "age/core/error.hpp"
 #include "age/core/types.hpp"
+#include "age/core/utf8.hpp"
 #include "age/explore/propensity.hpp"
 #include "age/explore/request.hpp"
 #include "age/features/layout.hpp"
@@ -75,42 +76,6 @@ struct ServedRecord {
 };
 
 namespace detail::served {
-
-// Whether `s` is well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates, nothing
-// above U+10FFFF). A policy name must be: the JSON form cannot hold anything else, and the
-// CSV reader would otherwise hand out records that its JSON writer refuses.
-inline bool valid_utf8(std::string_view s) noexcept {
-  std::size_t i = 0;
-  while (i < s.size()) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    std::size_t len = 0;
-    unsigned char lo = 0x80, hi = 0xBF;  // the allowed range of the second byte
-    if (c >= 0xC2 && c <= 0xDF) {
-      len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      len = 3;
-      if (c == 0xE0) lo = 0xA0;  // overlong
-      if (c == 0xED) hi = 0x9F;  // surrogates
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      len = 4;
-      if (c == 0xF0) lo = 0x90;  // overlong
-      if (c == 0xF4) hi = 0x8F;  // above U+10FFFF
-    } else {
-      return false;
-    }
-    if (s.size() - i < len) return false;
-    for (std::size_t k = 1; k < len; ++k) {
-      const auto b = static_cast<unsigned char>(s[i + k]);
-      if (k == 1 ? (b < lo || b > hi) : (b < 0x80 || b > 0xBF)) return false;
-    }
-    i += len;
-  }
-  return true;
-}
 
 inline std::string number_text(double v) {
   if (std::isnan(v)) return "missing";
@@ -160,7 +125,10 @@ inline std::string served_record_problem(const ServedRecord& r) {
   const auto num = detail::served::number_text;
   if (r.policy.empty() || r.policy.find_first_of(",\"\n\r|;") != std::string::npos)
     return "policy: expected a non-empty name without , \" | ; or line breaks, got '" + r.policy + "'";
-  if (!detail::served::valid_utf8(r.policy)) return "policy: expected UTF-8 text, got bytes that are not";
+  // The JSON form cannot hold anything else, and the CSV reader would otherwise hand out
+  // records that its JSON writer refuses.
+  if (detail::invalid_utf8_at(r.policy) != std::string_view::npos)
+    return "policy: expected UTF-8 text, got bytes that are not";
   const std::size_t n = r.candidates.size();
   if (n == 0) return "candidates: expected at least 1 candidate, got 0";
   if (r.method == PropensityMethod::monte_carlo && r.draws == 0)
