@@ -213,3 +213,54 @@ TEST_CASE("OBD: an affinity beyond float range is refused, not stored as infinit
   CHECK(edge.records[1].affinity[0] == std::numeric_limits<float>::max());
   CHECK(std::isfinite(edge.records[1].affinity[1]));
 }
+
+TEST_CASE("OBD: numbered columns are found by number, once each, without gaps, in one pass", "[obd][validation]") {
+  const auto items = write_file("obd_items.csv", kItems);
+  const std::string head = ",timestamp,item_id,position,click,propensity_score,";
+  auto read_with = [&](const std::string& columns, const std::string& row) {
+    return read_obd(write_file("obd_numbered.csv", head + columns + "\n0,t,1,1,0,0.5," + row + "\n"), items);
+  };
+  // Any order: user_feature_1 before user_feature_0 still reads as feature 1.
+  const ObdLog swapped = read_with("user-item_affinity_1,user_feature_1,user_feature_0,user-item_affinity_0", "2,b,a,1");
+  REQUIRE(swapped.records.size() == 1);
+  CHECK(swapped.user_feature_names == std::vector<std::string>{"user_feature_0", "user_feature_1"});
+  CHECK(swapped.records[0].user_features == std::vector<std::uint64_t>{obd_feature_id("a"), obd_feature_id("b")});
+  CHECK(swapped.records[0].affinity == std::vector<float>{1.0f, 2.0f});
+
+  auto header_fails_with = [&](const std::string& columns, const std::string& message) {
+    INFO(columns);
+    std::string row = "0";
+    for (char c : columns) row += c == ',' ? ",0" : "";
+    CHECK_THROWS_WITH(read_with(columns, row), Catch::Contains(":1: header: " + message));
+    CHECK_THROWS_AS(read_with(columns, row), FormatError);
+  };
+  const std::string aff = "user-item_affinity_0,user-item_affinity_1";
+  header_fails_with("user_feature_0,user_feature_2," + aff,
+                    "expected columns user_feature_0..user_feature_1 numbered without gaps, got 'user_feature_2'");
+  header_fails_with("user_feature_0,user_feature_01," + aff,
+                    "expected columns user_feature_0..user_feature_1 numbered without gaps, got 'user_feature_01'");
+  header_fails_with("user_feature_x,user_feature_0," + aff,
+                    "expected columns user_feature_0..user_feature_1 numbered without gaps, got 'user_feature_x'");
+  header_fails_with("user_feature_99999999999999999999999," + aff,
+                    "expected columns user_feature_0..user_feature_0 numbered without gaps, got "
+                    "'user_feature_99999999999999999999999'");
+  header_fails_with("user_feature_0,user_feature_1,user_feature_0," + aff,
+                    "column 'user_feature_0' appears twice (columns 7 and 9)");
+  header_fails_with("user_feature_0,user-item_affinity_1,user-item_affinity_1",
+                    "column 'user-item_affinity_1' appears twice (columns 8 and 9)");
+
+  // A very wide header (the numbered columns are matched in one pass over it).
+  constexpr std::size_t kWide = 60000;
+  std::string columns, row;
+  for (std::size_t k = kWide; k-- > 0;) {
+    const std::string number = std::to_string(k);
+    columns.append("user_feature_").append(number).append(",");
+    row.append("f").append(number).append(",");
+  }
+  const ObdLog wide = read_with(columns + aff, row + "0,0");
+  REQUIRE(wide.records.size() == 1);
+  REQUIRE(wide.user_feature_names.size() == kWide);
+  CHECK(wide.user_feature_names[kWide - 1] == "user_feature_" + std::to_string(kWide - 1));
+  CHECK(wide.records[0].user_features[0] == obd_feature_id("f0"));
+  CHECK(wide.records[0].user_features[kWide - 1] == obd_feature_id(std::string("f").append(std::to_string(kWide - 1))));
+}

@@ -235,6 +235,51 @@ TEST_CASE("served log CSV: bad rows are named by file and line, or skipped and c
   CHECK_THAT(log.first_error, Catch::Contains(":3: propensity"));
 }
 
+TEST_CASE("served records: large records are checked in one pass, naming the first problem",
+          "[served_log][validation]") {
+  // 100000 candidates, all shown: the checks do not compare shown items pairwise.
+  constexpr std::size_t kLarge = 100000;
+  ServedRecord r;
+  r.request_id = 3;
+  r.policy = "p";
+  r.method = PropensityMethod::deferred;
+  for (std::size_t j = 0; j < kLarge; ++j) {
+    r.candidates.push_back(1000 + j);
+    r.shown.push_back(ShownItem{.position = static_cast<std::uint32_t>(j + 1), .candidate = kLarge - 1 - j,
+                                .item = 1000 + kLarge - 1 - j});
+  }
+  CHECK(served_record_problem(r) == "");
+
+  // Two repeats: the one at the smaller index is named.
+  ServedRecord twice = r;
+  twice.shown[90000].position = twice.shown[10].position;
+  twice.shown[70000].position = twice.shown[40000].position;
+  CHECK(served_record_problem(twice) == "shown[70000].position: expected each position once, got 40001 again");
+  // A position three times: its second occurrence is the repeat.
+  ServedRecord thrice = r;
+  thrice.shown[9].position = thrice.shown[5].position = thrice.shown[2].position;
+  CHECK(served_record_problem(thrice) == "shown[5].position: expected each position once, got 3 again");
+  // An earlier bad item comes first; each kind of bad item keeps its message.
+  thrice.shown[4].item = 7;
+  CHECK(served_record_problem(thrice) == "shown[4].item: expected one of the request's candidates, got 7");
+  thrice.shown[4].item = 1000;
+  CHECK(served_record_problem(thrice) == "shown[4].item: expected candidates[99995] = 100995, got 1000");
+  thrice.shown[4].candidate = kLarge;
+  CHECK(served_record_problem(thrice) == "shown[4].candidate: expected an index < 100000, got 100000");
+
+  // The CSV form: one request shown in 50000 rows (slots), read as one record.
+  std::string text = std::string(kServedCsvHeader) + "\n";
+  constexpr std::size_t kRows = 50000;
+  for (std::size_t j = 0; j < kRows; ++j)
+    text += "9,1,p,deferred,0," + std::to_string(j + 1) + "," + std::to_string(j % 3) + "," +
+            std::to_string(10 + j % 3) + ",,0,,10 11 12,,,,,,\n";
+  const ServedLog read = read_served_csv(write_file("served_large.csv", text));
+  REQUIRE(read.records.size() == 1);
+  CHECK(read.records[0].shown.size() == kRows);
+  CHECK(read.records[0].shown.back().position == kRows);
+  CHECK(read.records[0].shown.back().item == 10 + (kRows - 1) % 3);
+}
+
 TEST_CASE("served records: a policy name that is not UTF-8 is refused, in a record and in a CSV log",
           "[served_log][validation]") {
   // The JSON form cannot hold such a name: accepting it would hand out records that

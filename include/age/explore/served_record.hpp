@@ -34,6 +34,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "age/core/csv.hpp"
@@ -88,13 +89,16 @@ inline std::string number_text(double v) {
 inline std::string shown_problem(const ServedRecord& r, const ShownItem& s, const std::string& f) {
   const std::size_t n = r.candidates.size();
   if (s.position < 1) return f + "position: expected >= 1, got 0";
-  if (std::find(r.candidates.begin(), r.candidates.end(), s.item) == r.candidates.end())
-    return f + "item: expected one of the request's candidates, got " + std::to_string(s.item);
-  if (s.candidate >= n)
-    return f + "candidate: expected an index < " + std::to_string(n) + ", got " + std::to_string(s.candidate);
-  if (r.candidates[s.candidate] != s.item)
+  // Constant time for a valid item; the search of the candidates only names the problem
+  // (a record may show thousands of items out of as many candidates).
+  if (s.candidate >= n || r.candidates[s.candidate] != s.item) {
+    if (std::find(r.candidates.begin(), r.candidates.end(), s.item) == r.candidates.end())
+      return f + "item: expected one of the request's candidates, got " + std::to_string(s.item);
+    if (s.candidate >= n)
+      return f + "candidate: expected an index < " + std::to_string(n) + ", got " + std::to_string(s.candidate);
     return f + "item: expected candidates[" + std::to_string(s.candidate) + "] = " +
            std::to_string(r.candidates[s.candidate]) + ", got " + std::to_string(s.item);
+  }
   if (r.method == PropensityMethod::deferred) {
     if (!std::isnan(s.propensity))
       return f + "propensity: expected none (the method is deferred), got " + number_text(s.propensity);
@@ -105,6 +109,20 @@ inline std::string shown_problem(const ServedRecord& r, const ShownItem& s, cons
     return f + "propensity_se: expected a finite value >= 0, got " + number_text(s.propensity_se);
   if (std::isinf(s.reward)) return f + "reward: expected a finite value or none, got " + number_text(s.reward);
   return "";
+}
+
+// The smallest j whose shown[j].position is also that of an earlier shown item, or
+// shown.size() when every position is distinct. O(S log S), not a pairwise scan: a CSV
+// record may have one row per shown item, hundreds of thousands of them.
+inline std::size_t first_repeated_position(const std::vector<ShownItem>& shown) {
+  std::vector<std::pair<std::uint32_t, std::size_t>> order(shown.size());  // (position, index)
+  for (std::size_t j = 0; j < shown.size(); ++j) order[j] = {shown[j].position, j};
+  std::sort(order.begin(), order.end());
+  std::size_t first = shown.size();
+  for (std::size_t k = 1; k < order.size(); ++k)  // within a position, the second index is its first repeat
+    if (order[k].first == order[k - 1].first && (k < 2 || order[k - 2].first != order[k].first))
+      first = std::min(first, order[k].second);
+  return first;
 }
 
 // The first non-finite feature value of a side ("<name>[f].values[i]: ..."), or "".
@@ -134,11 +152,11 @@ inline std::string served_record_problem(const ServedRecord& r) {
   if (r.method == PropensityMethod::monte_carlo && r.draws == 0)
     return "draws: expected >= 1 for monte_carlo propensities, got 0";
   if (r.shown.empty()) return "shown: expected at least 1 shown item, got 0";
+  const std::size_t repeat = detail::served::first_repeated_position(r.shown);
   for (std::size_t j = 0; j < r.shown.size(); ++j) {
     const std::string f = "shown[" + std::to_string(j) + "].";
-    for (std::size_t i = 0; i < j; ++i)
-      if (r.shown[i].position == r.shown[j].position)
-        return f + "position: expected each position once, got " + std::to_string(r.shown[j].position) + " again";
+    if (j == repeat)
+      return f + "position: expected each position once, got " + std::to_string(r.shown[j].position) + " again";
     std::string problem = detail::served::shown_problem(r, r.shown[j], f);
     if (!problem.empty()) return problem;
   }

@@ -99,28 +99,50 @@ inline std::ifstream open(const std::filesystem::path& path) {
 inline bool starts_with(std::string_view s, std::string_view p) noexcept { return s.substr(0, p.size()) == p; }
 
 // Column k of "<prefix>k" names, k = 0, 1, ...: their positions in the header, in k order.
+// One pass over the header (a header may have tens of thousands of columns): every column
+// that starts with the prefix must be "<prefix>k" with k written in decimal without
+// leading zeros, each k at most once and with no gap (e.g. _0 and _2 but no _1), which
+// would silently drop columns.
 inline std::vector<std::size_t> numbered_columns(const std::vector<std::string_view>& header, std::string_view prefix,
                                                  const csv::Location& at) {
-  std::vector<std::size_t> out;
-  for (std::size_t k = 0;; ++k) {
-    const std::string name = std::string(prefix) + std::to_string(k);
-    std::size_t found = header.size();
-    for (std::size_t c = 0; c < header.size(); ++c)
-      if (header[c] == name) found = c;
-    if (found == header.size()) break;
-    out.push_back(found);
-  }
-  // A gap (e.g. _0 and _2 but no _1) would silently drop columns.
-  for (std::size_t c = 0; c < header.size(); ++c)
-    if (starts_with(header[c], prefix)) {
-      bool listed = false;
-      for (std::size_t o : out) listed = listed || o == c;
-      if (!listed)
-        throw FormatError(csv::where(at) + ": header: expected columns " + std::string(prefix) + "0.." +
-                          std::string(prefix) + std::to_string(out.size()) + " numbered without gaps, got '" +
-                          std::string(header[c]) + "'");
+  constexpr std::size_t kNone = static_cast<std::size_t>(-1);
+  // slot[k] = the column named "<prefix>k"; k < header.size() in a gapless numbering.
+  std::vector<std::size_t> slot(header.size(), kNone);
+  auto number_of = [&](std::string_view name) -> std::size_t {  // k, or kNone when not canonical or too big
+    const std::string_view digits = name.substr(prefix.size());
+    if (digits.empty() || digits.size() > 9 || (digits.size() > 1 && digits[0] == '0')) return kNone;
+    std::size_t k = 0;
+    for (char d : digits) {
+      if (d < '0' || d > '9') return kNone;
+      k = k * 10 + static_cast<std::size_t>(d - '0');
     }
-  return out;
+    return k < header.size() ? k : kNone;
+  };
+  std::size_t first_stray = kNone;  // the first column with the prefix that is not "<prefix>k"
+  for (std::size_t c = 0; c < header.size(); ++c) {
+    if (!starts_with(header[c], prefix)) continue;
+    const std::size_t k = number_of(header[c]);
+    if (k == kNone) {
+      if (first_stray == kNone) first_stray = c;
+    } else if (slot[k] != kNone) {
+      throw FormatError(csv::where(at) + ": header: column '" + std::string(header[c]) + "' appears twice (columns " +
+                        std::to_string(slot[k] + 1) + " and " + std::to_string(c + 1) + ")");
+    } else {
+      slot[k] = c;
+    }
+  }
+  std::size_t count = 0;
+  while (count < slot.size() && slot[count] != kNone) ++count;
+  // The first column, in header order, left out of 0..count-1.
+  std::size_t unlisted = first_stray;
+  for (std::size_t k = count; k < slot.size(); ++k)
+    if (slot[k] != kNone && (unlisted == kNone || slot[k] < unlisted)) unlisted = slot[k];
+  if (unlisted != kNone)
+    throw FormatError(csv::where(at) + ": header: expected columns " + std::string(prefix) + "0.." +
+                      std::string(prefix) + std::to_string(count) + " numbered without gaps, got '" +
+                      std::string(header[unlisted]) + "'");
+  slot.resize(count);
+  return slot;
 }
 
 inline std::size_t required_column(const std::vector<std::string_view>& header, std::string_view name,
