@@ -119,9 +119,8 @@ inline std::size_t first_repeated_position(const std::vector<ShownItem>& shown) 
   for (std::size_t j = 0; j < shown.size(); ++j) order[j] = {shown[j].position, j};
   std::sort(order.begin(), order.end());
   std::size_t first = shown.size();
-  for (std::size_t k = 1; k < order.size(); ++k)  // within a position, the second index is its first repeat
-    if (order[k].first == order[k - 1].first && (k < 2 || order[k - 2].first != order[k].first))
-      first = std::min(first, order[k].second);
+  for (std::size_t k = 1; k < order.size(); ++k)  // every repeat; the smallest index wins
+    if (order[k].first == order[k - 1].first) first = std::min(first, order[k].second);
   return first;
 }
 
